@@ -1,0 +1,28 @@
+"""`create_app(settings)`: the Litestar application, with nothing built at import time."""
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.di import Provide
+
+from proxy.auth import load_keys
+from proxy.errors import exception_handlers
+from proxy.letta import Letta
+from proxy.routes import v1
+from proxy.settings import Settings
+
+
+def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
+    """One Letta client for the app's life, closed on shutdown; keys loaded (or generated) up front."""
+    upstream = letta or Letta(settings)
+    return Litestar(
+        route_handlers=[v1],
+        dependencies={
+            "letta": Provide(lambda: upstream, sync_to_thread=False, use_cache=True),
+            "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
+        },
+        exception_handlers=exception_handlers,
+        on_shutdown=[upstream.aclose],
+        state=State({"client_keys": load_keys(settings)}),
+        request_max_body_size=settings.proxy_max_body_bytes,
+        logging_config=None,
+    )

@@ -1,0 +1,71 @@
+"""Client keys: which ones are accepted, and whether a request carries one of them.
+
+There is never an open door: with no keys configured, one is generated once and kept in a private file.
+"""
+
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+
+from proxy.settings import Settings
+
+log = logging.getLogger("proxy")
+
+
+def _read_key_file(path: Path) -> str | None:
+    try:
+        key = json.loads(path.read_text())["api_key"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"cannot read the key file {path}: {exc.__class__.__name__}") from None
+    if not isinstance(key, str) or not key:
+        raise SystemExit(f"the key file {path} holds no api_key")
+    return key
+
+
+def _write_key_file(path: Path, key: str) -> None:
+    """Created with mode 0600 from the start, so the key is never readable by others, even briefly."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump({"api_key": key}, file)
+
+
+def load_keys(settings: Settings) -> list[bytes]:
+    """The accepted keys: the configured ones, or else the generated one (made on first start)."""
+    if settings.proxy_api_keys:
+        return [key.get_secret_value().encode() for key in settings.proxy_api_keys]
+    path = settings.proxy_api_key_file
+    key = _read_key_file(path)
+    if key is None:
+        key = "sk-letta-" + secrets.token_urlsafe(32)
+        _write_key_file(path, key)
+        log.warning("PROXY_API_KEYS is unset: generated a client key in %s", path.resolve())
+    else:
+        log.info("PROXY_API_KEYS is unset: using the client key kept in %s", path.resolve())
+    return [key.encode()]
+
+
+def presented_key(headers: Mapping[str, str]) -> bytes | None:
+    """The key from `Authorization: Bearer <key>`, else from `X-Api-Key`."""
+    authorization = headers.get("authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip().encode()
+    api_key = headers.get("x-api-key", "").strip()
+    return api_key.encode() if api_key else None
+
+
+def is_accepted(key: bytes | None, keys: list[bytes]) -> bool:
+    """Compares against every key in constant time, so timing tells nothing about which one nearly matched."""
+    if key is None:
+        return False
+    matched = False
+    for candidate in keys:
+        matched |= hmac.compare_digest(key, candidate)
+    return matched

@@ -1,0 +1,103 @@
+"""Errors the proxy raises, and the Litestar handlers that answer every failure in OpenAI's shape."""
+
+import logging
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from litestar.types import ExceptionHandlersMap
+
+from proxy.protocol import ErrorBody, ErrorDetail
+
+log = logging.getLogger("proxy")
+
+
+class ProxyError(Exception):
+    """An error with everything its OpenAI body and status need.
+
+    `retry_safe` is False once the turn may have reached the agent: resending it would write it twice
+    into the agent's memory, so the response tells SDKs not to retry.
+    """
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        code: str | None = None,
+        param: str | None = None,
+        retry_safe: bool = True,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type
+        self.code = code
+        self.param = param
+        self.retry_safe = retry_safe
+
+    def detail(self) -> ErrorDetail:
+        return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+
+
+def bad_request(message: str, param: str | None = None, code: str | None = None) -> ProxyError:
+    return ProxyError(400, message, param=param, code=code)
+
+
+def model_not_found(model: str) -> ProxyError:
+    return ProxyError(
+        404, f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found",
+        param="model",
+    )
+
+
+def unauthorized() -> ProxyError:
+    return ProxyError(
+        401,
+        "Missing or invalid API key: send it as 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'.",
+        code="invalid_api_key",
+    )
+
+
+def _respond(error: ProxyError) -> Response[bytes]:
+    headers = {} if error.retry_safe else {"x-should-retry": "false"}
+    body = msgspec.json.encode(ErrorBody(error=error.detail()))
+    return Response(body, status_code=error.status, media_type="application/json", headers=headers)
+
+
+def _proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
+    return _respond(exc)
+
+
+def _validation_error(_: Request, exc: ValidationException) -> Response[bytes]:
+    """Litestar's own body validation: name the first offending field, as OpenAI does."""
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    param = first.get("key")
+    message = str(first.get("message") or exc.detail)
+    if param:
+        message = f"Invalid value for '{param}': {message}"
+    return _respond(bad_request(message, param=param))
+
+
+def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
+    """Routing, method and size errors that Litestar raises before our handlers run."""
+    kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return _respond(ProxyError(exc.status_code, str(exc.detail), type=kind))
+
+
+def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _respond(
+        ProxyError(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error in the proxy.", type="server_error", retry_safe=False)
+    )
+
+
+exception_handlers: ExceptionHandlersMap = {
+    ProxyError: _proxy_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}

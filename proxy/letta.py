@@ -1,0 +1,165 @@
+"""The only module that talks to Letta: agents, turns and streams, through one pooled letta-client.
+
+Every upstream failure leaves here as a `ProxyError` with the status a client should see.
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import httpx
+import letta_client
+from letta_client import AsyncLetta
+from letta_client.types import MessageCreateParam
+from letta_client.types.agents import LettaResponse
+from letta_client.types.agents.letta_streaming_response import LettaStreamingResponse
+
+from proxy.errors import ProxyError, model_not_found
+from proxy.settings import Settings
+from proxy.translate import upstream_failure
+
+log = logging.getLogger("proxy")
+
+T = TypeVar("T")
+CONNECT_TIMEOUT = 10.0
+LIST_RETRIES = 2
+LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    id: str
+    name: str
+    created: int
+
+
+def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
+    """Maps an SDK or httpx failure to 503/504/502; `sent` marks failures after the turn left us."""
+    if isinstance(exc, letta_client.APITimeoutError | httpx.TimeoutException):
+        log.warning("Letta timed out: %s", exc.__class__.__name__)
+        return ProxyError(504, "The Letta server did not answer in time.", type="server_error",
+                          code="upstream_timeout", retry_safe=not sent)
+    if isinstance(exc, letta_client.APIStatusError):
+        detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
+        summary = str(detail or exc.response.reason_phrase)[:200]
+        log.warning("Letta answered %s: %s", exc.status_code, summary)
+        return ProxyError(502, f"The Letta server answered {exc.status_code}: {summary}", type="server_error",
+                          code="upstream_error", retry_safe=not sent)
+    connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError)
+    log.warning("Letta unreachable: %s", exc.__class__.__name__)
+    return ProxyError(503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable",
+                      retry_safe=connect_failed or not sent)
+
+
+UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError)
+
+
+class Letta:
+    """Owns the client, its timeouts and the short-lived agent cache."""
+
+    def __init__(self, settings: Settings, http_client: httpx.AsyncClient | None = None) -> None:
+        self._client = AsyncLetta(
+            base_url=settings.letta_base_url,
+            api_key=settings.letta_api_key.get_secret_value() if settings.letta_api_key else None,
+            project=settings.letta_project,
+            timeout=httpx.Timeout(settings.letta_timeout, connect=CONNECT_TIMEOUT),
+            max_retries=0,  # a resent turn would be written twice into the agent's memory
+            http_client=http_client,
+        )
+        self._allowed = set(settings.proxy_agents)
+        self._default = settings.proxy_default_agent
+        self._cache_seconds = settings.proxy_agent_cache_seconds
+        self._agents: list[Agent] = []
+        self._fetched_at = -float("inf")
+        self._lock = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    async def agents(self) -> list[Agent]:
+        """The exposed agents, listed at most once per cache period however many requests ask."""
+        async with self._lock:
+            if time.monotonic() - self._fetched_at >= self._cache_seconds:
+                self._agents = await self._call(self._list_agents, sent=False)
+                self._fetched_at = time.monotonic()
+            return self._agents
+
+    async def _list_agents(self) -> list[Agent]:
+        client = self._client.with_options(max_retries=LIST_RETRIES)
+        listed = [
+            Agent(agent.id, agent.name, int(agent.created_at.timestamp()) if agent.created_at else 0)
+            async for agent in client.agents.list(include=["agent.tags"], limit=LIST_PAGE)
+        ]
+        if not self._allowed:
+            return listed
+        return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
+
+    async def resolve(self, model: str | None) -> Agent:
+        """The agent a request means: by name or id, else the configured default, else the first."""
+        agents = await self.agents()
+        wanted = model or self._default
+        if wanted is None:
+            if not agents:
+                raise ProxyError(404, "No model was given and Letta has no agent to use.", code="model_not_found",
+                                 param="model")
+            return agents[0]
+        for agent in agents:
+            if wanted in (agent.name, agent.id):
+                return agent
+        raise model_not_found(wanted)
+
+    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaResponse:
+        """One whole turn."""
+        return await self._call(
+            lambda: self._client.agents.messages.create(agent.id, messages=messages), sent=True
+        )
+
+    async def stream(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> AsyncGenerator[object, None]:
+        """One turn as Letta's token stream, already opened and its first event read.
+
+        Opening before the caller answers means that a refused or failed turn is still a real HTTP
+        error, not an error inside a 200 stream.
+        """
+        upstream = await self._call(
+            lambda: self._client.agents.messages.create(
+                agent.id, messages=messages, streaming=True, stream_tokens=True, include_pings=True
+            ),
+            sent=True,
+        )
+        events = aiter(upstream)
+        try:
+            first = await self._call(lambda: anext(events, None), sent=True)
+        except BaseException:
+            await upstream.close()
+            raise
+        return self._rest(upstream, first, events)
+
+    async def _rest(
+        self, upstream: letta_client.AsyncStream[LettaStreamingResponse], first: object,
+        events: AsyncIterator[LettaStreamingResponse],
+    ) -> AsyncGenerator[object, None]:
+        try:
+            if first is None:
+                return
+            yield first
+            while (event := await self._call(lambda: anext(events, None), sent=True)) is not None:
+                yield event
+        finally:
+            await upstream.close()
+
+    async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
+        try:
+            return await call()
+        except letta_client.NotFoundError as exc:
+            if sent:
+                self._fetched_at = -float("inf")  # the agent is gone: list again next time
+                raise ProxyError(404, "The agent behind this model no longer exists.", code="model_not_found",
+                                 param="model") from exc
+            raise _upstream_error(exc, sent=sent) from exc
+        except UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc, sent=sent) from exc
+        except ValueError as exc:  # a stream event that is not JSON
+            raise upstream_failure("The Letta server sent a malformed stream event.") from exc

@@ -1,0 +1,54 @@
+"""The HTTP handlers: parse, call Letta, answer. Thin on purpose; the work is in translate and stream."""
+
+import time
+import uuid
+
+from litestar import Response, Router, get, post
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.response import Stream
+
+from proxy import protocol
+from proxy.auth import is_accepted, presented_key
+from proxy.errors import unauthorized
+from proxy.letta import Letta
+from proxy.settings import Settings
+from proxy.stream import ChunkHeader, sse_frames
+from proxy.translate import TurnTranslator, completion, letta_messages
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Runs before the body is read: without a valid key, nothing else of the request is looked at."""
+    if not is_accepted(presented_key(connection.headers), connection.app.state.client_keys):
+        raise unauthorized()
+
+
+@get("/models", summary="List the Letta agents as models")
+async def list_models(letta: Letta) -> protocol.ModelList:
+    """Every exposed agent, by name."""
+    agents = await letta.agents()
+    return protocol.ModelList(data=[protocol.Model(id=agent.name, created=agent.created) for agent in agents])
+
+
+@post("/chat/completions", summary="Send the new user turns to an agent", status_code=200)
+async def chat_completions(
+    data: protocol.ChatCompletionRequest, letta: Letta, settings: Settings
+) -> Response[protocol.ChatCompletion] | Stream:
+    """One agent turn, answered whole or as SSE chunks."""
+    messages = letta_messages(data)
+    agent = await letta.resolve(data.model)
+    translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    if data.stream:
+        events = await letta.stream(agent, messages)
+        include_usage = data.stream_options is not None and data.stream_options.include_usage
+        frames = sse_frames(events, translator, ChunkHeader(completion_id, created, agent.name), include_usage)
+        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    response = await letta.send(agent, messages)
+    return Response(completion(response, translator, completion_id, created, agent.name))
+
+
+v1 = Router("/v1", route_handlers=[list_models, chat_completions], guards=[require_key])

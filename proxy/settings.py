@@ -1,0 +1,71 @@
+"""Every setting of the proxy, read once from the environment (and `.env`)."""
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ToolCallMode = Literal["openai", "reasoning", "drop"]
+
+
+def _split_commas(value: object) -> object:
+    """Lists come as `a,b,c` in the environment, as people write them, not as JSON."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Field names are the environment variables, lower-cased (`letta_base_url` is `LETTA_BASE_URL`)."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    letta_base_url: str = Field(
+        "http://localhost:8283", pattern=r"^https?://", description="The Letta server's base URL."
+    )
+    letta_api_key: SecretStr | None = Field(None, description="Token sent to Letta (Letta Cloud or a secured server).")
+    letta_project: str | None = Field(None, description="Letta Cloud project, sent as the X-Project header.")
+    letta_timeout: float = Field(
+        300.0, gt=0, description="Seconds to wait for Letta: a whole turn, or the gap between stream events."
+    )
+    proxy_host: str = Field("0.0.0.0", description="Address the proxy listens on.")
+    proxy_port: int = Field(8080, ge=1, le=65535, description="Port the proxy listens on.")
+    proxy_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Accepted client keys, comma-separated. None: a key is generated."
+    )
+    proxy_api_key_file: Path = Field(
+        Path("proxy-api-key.json"), description="Where the generated key is kept when PROXY_API_KEYS is unset."
+    )
+    proxy_default_agent: str | None = Field(None, description="Agent used when a request names no model.")
+    proxy_agents: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Allowlist of agent names or ids to expose, comma-separated; empty: all."
+    )
+    proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
+    proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    proxy_tool_calls: ToolCallMode = Field(
+        "openai", description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop."
+    )
+    proxy_reasoning: bool = Field(False, description="Send the agent's reasoning as reasoning_content deltas.")
+    proxy_log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="Log level."
+    )
+
+    @field_validator("proxy_api_keys", "proxy_agents", mode="before")
+    @classmethod
+    def _lists(cls, value: object) -> object:
+        return _split_commas(value)
+
+    @field_validator("proxy_log_level", "proxy_tool_calls", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line per bad variable, named as the user wrote it, without the value (it may be a secret)."""
+    lines = []
+    for item in error.errors(include_url=False, include_input=False):
+        name = str(item["loc"][0]).upper() if item["loc"] else "settings"
+        lines.append(f"invalid setting {name}: {item['msg']}")
+    return "\n".join(lines)

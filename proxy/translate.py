@@ -1,0 +1,258 @@
+"""Pure translation between OpenAI and Letta, with no I/O.
+
+Requests: the new user turns of an OpenAI request become Letta user messages. Answers: Letta messages,
+whether streamed event by event or returned whole, go through one `TurnTranslator`, which turns each
+into an OpenAI delta; a whole answer is those deltas merged. So a streamed turn and a non-streamed one
+can never disagree.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from letta_client.types import MessageCreateParam
+from letta_client.types.agents import AssistantMessage, LettaResponse, ReasoningMessage, ToolCallMessage
+from letta_client.types.agents.letta_streaming_response import LettaErrorMessage, LettaUsageStatistics
+
+from proxy import protocol
+from proxy.errors import ProxyError, bad_request
+from proxy.settings import ToolCallMode
+
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "no_tool_call": "stop",
+    "tool_rule": "stop",
+    "cancelled": "stop",
+    "requires_approval": "stop",
+    "max_steps": "length",
+    "max_tokens_exceeded": "length",
+    "context_window_overflow_in_system_prompt": "length",
+}
+ERROR_STOP_REASONS = frozenset(
+    {"error", "llm_api_error", "invalid_llm_response", "invalid_tool_call", "insufficient_credits"}
+)
+APPROVAL_NOTE = "[The agent is waiting for approval of a tool call. Approve or deny it in Letta to continue.]"
+MESSAGE_SEPARATOR = "\n\n"
+MAX_UPSTREAM_MESSAGE = 300
+
+
+# --- OpenAI request -> Letta messages -------------------------------------------------------------
+
+
+def letta_messages(request: protocol.ChatCompletionRequest) -> list[MessageCreateParam]:
+    """The user turns after the last assistant message: the only part Letta has not seen yet."""
+    if request.n is not None and request.n > 1:
+        raise bad_request("Only n=1 is supported: a Letta agent gives one answer per turn.", param="n")
+    last_assistant = max((i for i, m in enumerate(request.messages) if m.role == "assistant"), default=-1)
+    turns: list[MessageCreateParam] = [
+        {"role": "user", "content": _user_content(i, message)}
+        for i, message in enumerate(request.messages)
+        if i > last_assistant and message.role == "user"
+    ]
+    if not turns:
+        raise bad_request(
+            "No user message after the last assistant message: there is nothing new to send to the agent.",
+            param="messages",
+        )
+    return turns
+
+
+def _user_content(index: int, message: protocol.ChatMessage) -> str | list[Any]:
+    """A plain string when the turn is only text (what Letta shows best), else Letta content parts."""
+    content = message.content
+    if isinstance(content, str) or content is None:
+        text = content or ""
+        if not text.strip():
+            raise bad_request(f"messages[{index}] has empty content.", param=f"messages[{index}].content")
+        return text
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        where = f"messages[{index}].content[{j}]"
+        if part.type == "text" and part.text is not None:
+            if parts and parts[-1]["type"] == "text":
+                parts[-1]["text"] += "\n" + part.text
+            else:
+                parts.append({"type": "text", "text": part.text})
+        elif part.type == "image_url" and part.image_url is not None:
+            parts.append(_image(part.image_url.url, where))
+        else:
+            raise bad_request(
+                f"Unsupported content part of type '{part.type}' in {where}: send text or image_url parts.",
+                param=f"{where}.type",
+            )
+    if not parts:
+        raise bad_request(f"messages[{index}] has empty content.", param=f"messages[{index}].content")
+    if len(parts) == 1 and parts[0]["type"] == "text":
+        return cast(str, parts[0]["text"])
+    return parts
+
+
+def _image(url: str, where: str) -> dict[str, Any]:
+    """Only inline images: the proxy does not fetch remote URLs on a client's behalf."""
+    header, comma, data = url.partition(",")
+    media_type, _, encoding = header.removeprefix("data:").partition(";")
+    if not (url.startswith("data:") and comma and encoding == "base64" and media_type.startswith("image/")):
+        raise bad_request(
+            f"Unsupported image URL in {where}: only base64 data URLs (data:image/...;base64,...) are accepted.",
+            param=f"{where}.image_url.url",
+        )
+    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+# --- Letta messages and events -> OpenAI deltas ---------------------------------------------------
+
+
+def upstream_failure(message: str, code: str | None = None) -> ProxyError:
+    """A failure inside the agent's turn: the turn reached Letta, so it must not be resent."""
+    return ProxyError(502, message, type="server_error", code=code, retry_safe=False)
+
+
+def _summary(text: str) -> str:
+    return text if len(text) <= MAX_UPSTREAM_MESSAGE else text[:MAX_UPSTREAM_MESSAGE] + "…"
+
+
+@dataclass
+class TurnTranslator:
+    """Follows one agent turn: which tool call has which index, where one message ends, how it stopped."""
+
+    tool_calls: ToolCallMode = "openai"
+    reasoning: bool = False
+    stop_reason: str | None = None
+    usage: protocol.Usage | None = None
+    _tool_index: dict[str, int] = field(default_factory=dict)
+    _current_tool: str | None = None
+    _assistant_id: str | None = None
+    _wrote_content: bool = False
+    _wrote_reasoning: bool = False
+
+    def feed(self, event: object) -> protocol.Delta | None:
+        """The delta for one Letta message or stream event; None for what the client never sees."""
+        match getattr(event, "message_type", None):
+            case "assistant_message":
+                return self._assistant(cast(AssistantMessage, event))
+            case "tool_call_message":
+                return self._tool_call(cast(ToolCallMessage, event))
+            case "reasoning_message" if self.reasoning:
+                return self._reasoning_text(cast(ReasoningMessage, event).reasoning)
+            case "stop_reason":
+                return self.stop(cast(str, getattr(event, "stop_reason")))
+            case "usage_statistics":
+                self.count(cast(LettaUsageStatistics, event))
+            case "error_message":
+                error = cast(LettaErrorMessage, event)
+                raise upstream_failure(
+                    _summary(f"Letta reported an error during the turn ({error.error_type}): {error.message}"),
+                    code=error.error_type,
+                )
+        return None
+
+    def stop(self, reason: str) -> protocol.Delta | None:
+        """Records why the turn ended; a failed turn is an error, an approval wait is explained."""
+        self.stop_reason = reason
+        if reason in ERROR_STOP_REASONS:
+            raise upstream_failure(f"The agent's turn failed in Letta (stop reason '{reason}').", code=reason)
+        if reason == "requires_approval":
+            return self._content(None, APPROVAL_NOTE)
+        return None
+
+    def count(self, usage: Any) -> None:
+        """Letta's own token counts, with the total derived if Letta left it out."""
+        prompt = usage.prompt_tokens or 0
+        completion = usage.completion_tokens or 0
+        self.usage = protocol.Usage(prompt, completion, usage.total_tokens or prompt + completion)
+
+    @property
+    def finish_reason(self) -> str:
+        return FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
+
+    def _assistant(self, message: AssistantMessage) -> protocol.Delta | None:
+        content = message.content
+        text = content if isinstance(content, str) else "".join(part.text for part in content)
+        return self._content(message.id, text)
+
+    def _content(self, message_id: str | None, text: str) -> protocol.Delta | None:
+        """Separates consecutive assistant messages with a blank line, in a stream as in a whole answer."""
+        if not text:
+            return None
+        if self._wrote_content and message_id != self._assistant_id:
+            text = MESSAGE_SEPARATOR + text
+        self._assistant_id = message_id
+        self._wrote_content = True
+        return protocol.Delta(content=text)
+
+    def _reasoning_text(self, text: str) -> protocol.Delta | None:
+        if not text:
+            return None
+        self._wrote_reasoning = True
+        return protocol.Delta(reasoning_content=text)
+
+    def _tool_call(self, message: ToolCallMessage) -> protocol.Delta | None:
+        calls = message.tool_calls if isinstance(message.tool_calls, list) else [message.tool_call]
+        deltas = [delta for call in calls if (delta := self._tool_call_delta(call))]
+        if not deltas or self.tool_calls == "drop":
+            return None
+        if self.tool_calls == "reasoning":
+            return self._reasoning_text("".join(self._as_text(delta) for delta in deltas))
+        return protocol.Delta(tool_calls=deltas)
+
+    def _tool_call_delta(self, call: Any) -> protocol.ToolCallDelta | None:
+        """The first fragment of a call opens it (id, name); later fragments only add arguments."""
+        call_id = call.tool_call_id or self._current_tool
+        if call_id is None:
+            return None
+        self._current_tool = call_id
+        if call_id in self._tool_index:
+            if not call.arguments:
+                return None
+            return protocol.ToolCallDelta(
+                index=self._tool_index[call_id], function=protocol.FunctionCallDelta(arguments=call.arguments)
+            )
+        index = self._tool_index[call_id] = len(self._tool_index)
+        return protocol.ToolCallDelta(
+            index=index,
+            id=call_id,
+            type="function",
+            function=protocol.FunctionCallDelta(name=call.name or "", arguments=call.arguments or ""),
+        )
+
+    def _as_text(self, delta: protocol.ToolCallDelta) -> str:
+        """A tool call as readable reasoning text, for UIs that would try to run real tool_calls."""
+        function = delta.function or protocol.FunctionCallDelta()
+        if delta.id is None:
+            return function.arguments or ""
+        header = f"Tool call {function.name}: {function.arguments or ''}"
+        return "\n" + header if self._wrote_reasoning else header
+
+
+def merge(deltas: list[protocol.Delta]) -> protocol.AssistantMessage:
+    """A whole assistant message from the deltas of a turn: text joined, tool-call fragments joined."""
+    content = "".join(delta.content for delta in deltas if delta.content)
+    reasoning = "".join(delta.reasoning_content for delta in deltas if delta.reasoning_content)
+    calls: dict[int, tuple[str, str, list[str]]] = {}
+    for delta in deltas:
+        for call in delta.tool_calls or ():
+            function = call.function or protocol.FunctionCallDelta()
+            if call.id is not None:
+                calls[call.index] = (call.id, function.name or "", [])
+            calls[call.index][2].append(function.arguments or "")
+    tool_calls = [
+        protocol.ToolCall(id=call_id, function=protocol.FunctionCall(name=name, arguments="".join(arguments)))
+        for call_id, name, arguments in calls.values()
+    ]
+    return protocol.AssistantMessage(
+        content=content or (None if tool_calls else ""),
+        tool_calls=tool_calls or None,
+        reasoning_content=reasoning or None,
+    )
+
+
+def completion(
+    response: LettaResponse, translator: TurnTranslator, completion_id: str, created: int, model: str
+) -> protocol.ChatCompletion:
+    """A whole Letta turn as one `chat.completion`, built from the same deltas a stream would send."""
+    deltas = [delta for message in response.messages if (delta := translator.feed(message)) is not None]
+    if response.stop_reason is not None and (delta := translator.stop(response.stop_reason.stop_reason)):
+        deltas.append(delta)
+    if response.usage is not None:
+        translator.count(response.usage)
+    choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
+    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)

@@ -1,0 +1,275 @@
+"""End to end: the real OpenAI SDK talks to the proxy (a real process), which talks to a real Letta.
+
+Letta's model is the offline fake LLM from ``../shared/letta-server``: it answers ``Echo: <user text>``
+(streamed word by word) and, for a user text starting with ``/tool``, first calls ``conversation_search``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+
+import httpx
+import openai
+import pytest
+from letta_client import Letta
+from letta_client.types import AgentState
+from openai.types.chat import ChatCompletionChunk
+
+
+def _marker() -> str:
+    """A short unique token, so a text can be found in an agent's history without ambiguity."""
+    return uuid.uuid4().hex[:10]
+
+
+def _user_texts(letta: Letta, agent_id: str) -> list[str]:
+    """The texts of the agent's ``user_message`` history entries, oldest first.
+
+    Letta gives a user message's content as a plain string or as a list of text parts (older agent
+    types wrap the text in JSON); callers match with ``in`` so every shape works.
+    """
+    texts = []
+    for m in letta.agents.messages.list(agent_id, order="asc", limit=500):
+        if m.message_type != "user_message":
+            continue
+        content = m.content
+        if isinstance(content, str):
+            texts.append(content)
+        else:
+            texts.append(" ".join(getattr(part, "text", None) or str(part) for part in content))
+    return texts
+
+
+def _stream(client: openai.OpenAI, **kwargs) -> list[ChatCompletionChunk]:
+    """Run a streaming chat completion to the end and return all of its chunks."""
+    return list(client.chat.completions.create(stream=True, **kwargs))
+
+
+def _assert_usage(usage) -> None:
+    """Usage carries Letta's token counts: all positive and consistent."""
+    assert usage is not None
+    assert usage.prompt_tokens > 0
+    assert usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_models_list_shows_agent(client: openai.OpenAI, agent: AgentState, proxy_url: str, api_key: str):
+    """GET /v1/models lists a freshly created agent by name, in OpenAI's exact list shape."""
+    models = {m.id: m for m in client.models.list()}
+    assert agent.name in models
+    model = models[agent.name]
+    assert model.object == "model"
+    assert model.owned_by == "letta"
+    assert isinstance(model.created, int)
+    assert 1_600_000_000 < model.created <= time.time() + 120  # unix seconds, not ms, not 0
+
+    body = httpx.get(f"{proxy_url}/v1/models", headers={"Authorization": f"Bearer {api_key}"}).json()
+    assert body["object"] == "list"
+    entry = next(d for d in body["data"] if d["id"] == agent.name)
+    assert entry == {"id": agent.name, "object": "model", "created": model.created, "owned_by": "letta"}
+
+
+# ---------------------------------------------------------------- chat, plain
+
+
+def test_chat_sync(client: openai.OpenAI, agent: AgentState):
+    """A non-streaming turn returns the agent's answer, finish_reason stop and positive usage."""
+    text = f"hello {_marker()}"
+    resp = client.chat.completions.create(model=agent.name, messages=[{"role": "user", "content": text}])
+    assert resp.object == "chat.completion"
+    assert resp.id
+    assert resp.model == agent.name
+    assert len(resp.choices) == 1
+    choice = resp.choices[0]
+    assert choice.index == 0
+    assert choice.finish_reason == "stop"
+    assert choice.message.role == "assistant"
+    assert choice.message.content == f"Echo: {text}"
+    assert not choice.message.tool_calls
+    _assert_usage(resp.usage)
+
+
+def test_chat_stream(client: openai.OpenAI, agent: AgentState):
+    """A streaming turn: one id, role first, content in several chunks, stop, then a usage-only chunk."""
+    text = f"stream me token by token {_marker()}"
+    chunks = _stream(
+        client,
+        model=agent.name,
+        messages=[{"role": "user", "content": text}],
+        stream_options={"include_usage": True},
+    )
+    assert chunks
+    assert {c.id for c in chunks} == {chunks[0].id}
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+
+    *choice_chunks, usage_chunk = chunks
+    assert usage_chunk.choices == []
+    _assert_usage(usage_chunk.usage)
+    assert all(c.usage is None for c in choice_chunks)
+    assert all(len(c.choices) == 1 for c in choice_chunks)
+
+    deltas = [c.choices[0].delta for c in choice_chunks]
+    assert deltas[0].role == "assistant"
+    pieces = [d.content for d in deltas if d.content]
+    assert len(pieces) > 1, f"content was not streamed in pieces: {pieces!r}"
+    assert "".join(pieces) == f"Echo: {text}"
+    assert not any(d.tool_calls for d in deltas)
+
+    finishes = [c.choices[0].finish_reason for c in choice_chunks]
+    assert finishes[-1] == "stop"
+    assert all(f is None for f in finishes[:-1])
+
+
+def test_chat_stream_without_usage_option(client: openai.OpenAI, agent: AgentState):
+    """Without stream_options.include_usage no usage-only chunk is sent."""
+    text = f"no usage please {_marker()}"
+    chunks = _stream(client, model=agent.name, messages=[{"role": "user", "content": text}])
+    assert all(len(c.choices) == 1 for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == f"Echo: {text}"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------- chat, tool calls
+
+
+def test_tool_call_sync(client: openai.OpenAI, agent: AgentState):
+    """A turn in which the agent calls a tool reports that call and then its final answer."""
+    resp = client.chat.completions.create(
+        model=agent.name, messages=[{"role": "user", "content": "/tool something"}]
+    )
+    choice = resp.choices[0]
+    assert choice.message.content == "Echo: /tool something"
+    assert choice.finish_reason == "stop"
+    calls = choice.message.tool_calls
+    assert calls, "the agent's conversation_search call is missing"
+    call = calls[0]
+    assert call.type == "function"
+    assert call.id
+    assert call.function.name == "conversation_search"
+    assert isinstance(json.loads(call.function.arguments), dict)
+    _assert_usage(resp.usage)
+
+
+def test_tool_call_stream(client: openai.OpenAI, agent: AgentState):
+    """A streamed tool-call turn sends tool_call deltas that assemble into a valid call, then the answer."""
+    chunks = _stream(
+        client,
+        model=agent.name,
+        messages=[{"role": "user", "content": "/tool something"}],
+        stream_options={"include_usage": True},
+    )
+    assert {c.id for c in chunks} == {chunks[0].id}
+    *choice_chunks, usage_chunk = chunks
+    assert usage_chunk.choices == []
+    _assert_usage(usage_chunk.usage)
+
+    deltas = [c.choices[0].delta for c in choice_chunks]
+    assert deltas[0].role == "assistant"
+    calls: dict[int, dict[str, str]] = {}
+    for d in deltas:
+        for tc in d.tool_calls or []:
+            call = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+            if tc.id:
+                assert not call["id"] or call["id"] == tc.id, "a tool call changed id mid-stream"
+                call["id"] = tc.id
+            if tc.function and tc.function.name:
+                call["name"] += tc.function.name
+            if tc.function and tc.function.arguments:
+                call["arguments"] += tc.function.arguments
+    assert calls, "no tool_call deltas in the stream"
+    first = calls[min(calls)]
+    assert first["id"]
+    assert first["name"] == "conversation_search"
+    assert isinstance(json.loads(first["arguments"]), dict)
+
+    assert "".join(d.content or "" for d in deltas) == "Echo: /tool something"
+    assert choice_chunks[-1].choices[0].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_wrong_key_is_401(proxy_url: str, agent: AgentState):
+    """A wrong API key is rejected with 401 (openai.AuthenticationError) on models and chat."""
+    bad = openai.OpenAI(base_url=f"{proxy_url}/v1", api_key="sk-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as exc:
+        bad.models.list()
+    assert exc.value.status_code == 401
+    with pytest.raises(openai.AuthenticationError) as exc:
+        bad.chat.completions.create(model=agent.name, messages=[{"role": "user", "content": "hi"}])
+    assert exc.value.status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/v1/models"), ("POST", "/v1/chat/completions")], ids=["models", "chat"]
+)
+def test_missing_key_is_401(proxy_url: str, agent: AgentState, method: str, path: str):
+    """A request without any API key is rejected with 401 and an OpenAI-shaped error body."""
+    body = {"model": agent.name, "messages": [{"role": "user", "content": "hi"}]}
+    r = httpx.request(method, f"{proxy_url}{path}", json=body if method == "POST" else None, timeout=30)
+    assert r.status_code == 401
+    assert "error" in r.json()
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["sync", "stream"])
+def test_unknown_model_is_404(client: openai.OpenAI, stream: bool):
+    """An unknown model is a 404 with code model_not_found, also for streams (fails before the 200)."""
+    with pytest.raises(openai.NotFoundError) as exc:
+        resp = client.chat.completions.create(
+            model=f"no-such-agent-{_marker()}", messages=[{"role": "user", "content": "hi"}], stream=stream
+        )
+        if stream:
+            list(resp)
+    assert exc.value.status_code == 404
+    assert exc.value.code == "model_not_found"
+
+
+# ---------------------------------------------------------------- what reaches the agent
+
+
+def test_only_new_turns_forwarded(client: openai.OpenAI, letta: Letta, make_agent: Callable[[], AgentState]):
+    """Only user messages after the last assistant message reach the agent; earlier ones never do."""
+    agent = make_agent()
+    first, second = f"first {_marker()}", f"second {_marker()}"
+    resp = client.chat.completions.create(
+        model=agent.name,
+        messages=[
+            {"role": "system", "content": "You are a test."},
+            {"role": "user", "content": first},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": second},
+        ],
+    )
+    assert resp.choices[0].message.content == f"Echo: {second}"
+    texts = _user_texts(letta, agent.id)
+    assert any(second in t for t in texts), texts
+    assert not any(first in t for t in texts), texts
+
+
+def test_new_user_turns_forwarded_in_order(
+    client: openai.OpenAI, letta: Letta, make_agent: Callable[[], AgentState]
+):
+    """Several user messages after the last assistant message all reach the agent, in order."""
+    agent = make_agent()
+    old, one, two = f"old {_marker()}", f"one {_marker()}", f"two {_marker()}"
+    resp = client.chat.completions.create(
+        model=agent.name,
+        messages=[
+            {"role": "user", "content": old},
+            {"role": "assistant", "content": "x"},
+            {"role": "user", "content": one},
+            {"role": "user", "content": two},
+        ],
+    )
+    content = resp.choices[0].message.content
+    assert content and content.startswith("Echo: ") and two in content
+    history = "\n".join(_user_texts(letta, agent.id))
+    assert old not in history
+    assert one in history and two in history, history
+    assert history.index(one) < history.index(two)

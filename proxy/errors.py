@@ -1,6 +1,7 @@
 """Errors the proxy raises, and the Litestar handlers that answer every failure in OpenAI's shape."""
 
 import logging
+import re
 
 import msgspec
 from litestar import Request, Response
@@ -71,12 +72,18 @@ def _proxy_error(_: Request, exc: ProxyError) -> Response[bytes]:
     return _respond(exc)
 
 
+_MISSING_FIELD = re.compile(r"missing required field `([^`]+)`")
+
+
 def _validation_error(_: Request, exc: ValidationException) -> Response[bytes]:
     """Litestar's own body validation: name the first offending field, as OpenAI does."""
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
-    param = first.get("key")
     message = str(first.get("message") or exc.detail)
+    param = first.get("key")
+    if param == "data":  # Litestar's name for the whole body: name the missing field instead
+        missing = _MISSING_FIELD.search(message)
+        param = missing.group(1) if missing else None
     if param:
         message = f"Invalid value for '{param}': {message}"
     return _respond(bad_request(message, param=param))

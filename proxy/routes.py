@@ -5,7 +5,9 @@ import uuid
 
 from litestar import Response, Router, get, post
 from litestar.connection import ASGIConnection
+from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import JSONBody
 from litestar.response import Stream
 
 from proxy import protocol
@@ -26,7 +28,7 @@ async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 
 @get("/models", summary="List the Letta agents as models")
-async def list_models(letta: Letta) -> protocol.ModelList:
+async def list_models(letta: NamedDependency[Letta]) -> protocol.ModelList:
     """Every exposed agent, by name."""
     agents = await letta.agents()
     return protocol.ModelList(data=[protocol.Model(id=agent.name, created=agent.created) for agent in agents])
@@ -34,7 +36,7 @@ async def list_models(letta: Letta) -> protocol.ModelList:
 
 @post("/chat/completions", summary="Send the new user turns to an agent", status_code=200)
 async def chat_completions(
-    data: protocol.ChatCompletionRequest, letta: Letta, settings: Settings
+    data: JSONBody[protocol.ChatCompletionRequest], letta: NamedDependency[Letta], settings: NamedDependency[Settings]
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks."""
     messages = letta_messages(data)

@@ -1,0 +1,66 @@
+"""auth.py: which keys are accepted, how a request presents one, and the generated key's file."""
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from proxy.auth import is_accepted, load_keys, presented_key
+from tests.conftest import make_settings
+
+
+def test_configured_keys_are_the_accepted_ones(tmp_path: Path) -> None:
+    """PROXY_API_KEYS lists the keys; no key file is written then."""
+    settings = make_settings(tmp_path, proxy_api_keys="sk-a, sk-b")
+    assert load_keys(settings) == [b"sk-a", b"sk-b"]
+    assert not settings.proxy_api_key_file.exists()
+
+
+def test_without_keys_one_is_generated_into_a_private_file_and_reused(tmp_path: Path) -> None:
+    """No configured key means a generated one, mode 0600, the same on the next start."""
+    settings = make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=tmp_path / "dir" / "key.json")
+    keys = load_keys(settings)
+    path = settings.proxy_api_key_file
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = json.loads(path.read_text())["api_key"]
+    assert keys == [stored.encode()] and len(stored) > 40
+    assert load_keys(settings) == keys
+
+
+def test_the_generated_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The log names the key file, not the key."""
+    caplog.set_level("DEBUG")
+    settings = make_settings(tmp_path, proxy_api_keys="")
+    [key] = load_keys(settings)
+    assert str(settings.proxy_api_key_file.name) in caplog.text
+    assert key.decode() not in caplog.text
+
+
+def test_an_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
+    """A corrupt key file is an error to fix, not a reason to open the door or make a new key."""
+    path = tmp_path / "key.json"
+    path.write_text("not json")
+    with pytest.raises(SystemExit):
+        load_keys(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path))
+
+
+@pytest.mark.parametrize("headers, key", [
+    ({"authorization": "Bearer sk-1"}, b"sk-1"),
+    ({"authorization": "bearer  sk-1 "}, b"sk-1"),
+    ({"x-api-key": "sk-2"}, b"sk-2"),
+    ({"authorization": "Basic sk-1"}, None),
+    ({"authorization": "Bearer "}, None),
+    ({"authorization": "Basic x", "x-api-key": "sk-2"}, b"sk-2"),
+    ({}, None),
+])
+def test_the_presented_key_comes_from_bearer_or_x_api_key(headers: dict[str, str], key: bytes | None) -> None:
+    """Only the two documented headers carry a key."""
+    assert presented_key(headers) == key
+
+
+def test_only_an_exact_key_is_accepted() -> None:
+    """No prefix, suffix or empty key matches."""
+    keys = [b"sk-one", b"sk-two"]
+    assert is_accepted(b"sk-two", keys)
+    assert not any(is_accepted(k, keys) for k in (None, b"", b"sk-on", b"sk-one ", b"SK-ONE", b"sk-onee"))

@@ -1,0 +1,52 @@
+"""settings.py and start-up: variables as users write them, and one clear line for a bad one."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from proxy.settings import Settings, describe_error
+
+ROOT = Path(__file__).parents[1]
+
+
+def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PROXY_API_KEYS and PROXY_AGENTS are plain comma lists in the environment."""
+    monkeypatch.setenv("PROXY_API_KEYS", "sk-1, sk-2,")
+    monkeypatch.setenv("PROXY_AGENTS", "support-bot,agent-123")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert [key.get_secret_value() for key in settings.proxy_api_keys] == ["sk-1", "sk-2"]
+    assert settings.proxy_agents == ["support-bot", "agent-123"]
+
+
+def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing set, the proxy talks to a local Letta and listens on 0.0.0.0:8080."""
+    for name in list(os.environ):
+        if name.startswith(("LETTA_", "PROXY_")):
+            monkeypatch.delenv(name)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.letta_base_url, settings.proxy_host, settings.proxy_port) == (
+        "http://localhost:8283", "0.0.0.0", 8080)
+    assert settings.proxy_api_keys == [] and settings.proxy_tool_calls == "openai"
+
+
+def test_a_bad_value_is_described_by_its_variable_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The message names PROXY_PORT and does not echo what was given (it could be a secret)."""
+    monkeypatch.setenv("PROXY_PORT", "secret-looking-value")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)  # type: ignore[call-arg]
+    message = describe_error(caught.value)
+    assert message.startswith("invalid setting PROXY_PORT:") and "secret-looking-value" not in message
+
+
+def test_start_up_with_a_bad_value_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
+    """A real start of the command fails fast with one readable line."""
+    env = {**os.environ, "PROXY_TOOL_CALLS": "sometimes", "PROXY_API_KEY_FILE": str(tmp_path / "k.json")}
+    done = subprocess.run([sys.executable, "-m", "proxy"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("invalid setting PROXY_TOOL_CALLS:") and "Traceback" not in done.stderr

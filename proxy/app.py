@@ -26,3 +26,8 @@ def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
         request_max_body_size=settings.proxy_max_body_bytes,
         logging_config=None,
     )
+
+
+def app_from_environment() -> Litestar:
+    """The factory the ASGI server calls in its worker: settings come from the environment."""
+    return create_app(Settings())

@@ -50,3 +50,12 @@ def test_start_up_with_a_bad_value_prints_one_line_and_no_traceback(tmp_path: Pa
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("invalid setting PROXY_TOOL_CALLS:") and "Traceback" not in done.stderr
+
+
+def test_every_setting_is_documented_in_env_example(monkeypatch: pytest.MonkeyPatch) -> None:
+    """.env.example names every variable, and as written it is a valid configuration."""
+    text = (ROOT / ".env.example").read_text()
+    assert [name for name in Settings.model_fields if name.upper() not in text] == []
+    monkeypatch.chdir(ROOT)
+    example = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
+    assert example.proxy_port == 8080

@@ -6,7 +6,7 @@ Every upstream failure leaves here as a `ProxyError` with the status a client sh
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -15,7 +15,6 @@ import letta_client
 from letta_client import AsyncLetta
 from letta_client.types import MessageCreateParam
 from letta_client.types.agents import LettaResponse
-from letta_client.types.agents.letta_streaming_response import LettaStreamingResponse
 
 from proxy.errors import ProxyError, model_not_found
 from proxy.settings import Settings
@@ -123,30 +122,29 @@ class Letta:
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
         error, not an error inside a 200 stream.
         """
+        events = self._events(agent, messages)
+        await anext(events)  # runs until Letta's first event is in: a failure to open raises here
+        return events
+
+    async def _events(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> AsyncGenerator[object, None]:
+        """Yields None once the first event is in, then the events.
+
+        The upstream response is opened inside the generator so that its `finally` closes it however the
+        reader stops, even one that never reads past the opening.
+        """
         upstream = await self._call(
             lambda: self._client.agents.messages.create(
                 agent.id, messages=messages, streaming=True, stream_tokens=True, include_pings=True
             ),
             sent=True,
         )
-        events = aiter(upstream)
         try:
-            first = await self._call(lambda: anext(events, None), sent=True)
-        except BaseException:
-            await upstream.close()
-            raise
-        return self._rest(upstream, first, events)
-
-    async def _rest(
-        self, upstream: letta_client.AsyncStream[LettaStreamingResponse], first: object,
-        events: AsyncIterator[LettaStreamingResponse],
-    ) -> AsyncGenerator[object, None]:
-        try:
-            if first is None:
-                return
-            yield first
-            while (event := await self._call(lambda: anext(events, None), sent=True)) is not None:
+            events = aiter(upstream)
+            event = await self._call(lambda: anext(events, None), sent=True)
+            yield None
+            while event is not None:
                 yield event
+                event = await self._call(lambda: anext(events, None), sent=True)
         finally:
             await upstream.close()
 

@@ -1,0 +1,113 @@
+"""letta.py: what is sent to Letta, how its streams are opened and closed, and how its failures map."""
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from proxy.errors import ProxyError
+from proxy.letta import Agent, Letta
+from tests.conftest import AGENT, LETTA, make_settings, sse
+from tests.letta_captures import raw
+
+BOT = Agent(AGENT["id"], AGENT["name"], 0)
+TURN: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+def run(tmp_path: Path, scenario: Any, **settings: Any) -> Any:
+    async def main() -> Any:
+        letta = Letta(make_settings(tmp_path, **settings))
+        try:
+            return await scenario(letta)
+        finally:
+            await letta.aclose()
+
+    return asyncio.run(main())
+
+
+def test_letta_credentials_and_project_are_sent(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """LETTA_API_KEY goes as a bearer token and LETTA_PROJECT as X-Project."""
+    run(tmp_path, lambda client: client.agents(), letta_api_key="letta-secret", letta_project="proj-1")
+    request = letta["agents"].calls[0].request
+    assert request.headers["authorization"] == "Bearer letta-secret"
+    assert request.headers["x-project"] == "proj-1"
+
+
+def test_the_upstream_stream_is_closed_even_if_never_read(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """A client gone right after the stream opened leaves no Letta response open."""
+    letta["send"].mock(return_value=sse("stream_tokens.sse"))
+
+    async def open_and_drop(client: Letta) -> None:
+        events = await client.stream(BOT, TURN)
+        await events.aclose()
+
+    run(tmp_path, open_and_drop)
+    assert letta["send"].calls.last.response.is_closed
+
+
+def test_a_stream_yields_every_event_after_opening(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """All captured events arrive, in order, the first one included."""
+    letta["send"].mock(return_value=sse("stream_tokens.sse"))
+
+    async def read_all(client: Letta) -> list[str]:
+        return [getattr(e, "message_type") async for e in await client.stream(BOT, TURN)]
+
+    kinds = run(tmp_path, read_all)
+    assert kinds == ["ping"] + ["assistant_message"] * 6 + ["stop_reason", "usage_statistics"]
+
+
+def test_an_error_event_before_anything_else_fails_the_opening(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Letta's SSE `event: error` as the first thing is an HTTP error, raised before a 200 could go out."""
+    body = b'event: error\ndata: {"detail": "agent is busy"}\n\n'
+    letta["send"].mock(return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+    with pytest.raises(ProxyError) as caught:
+        run(tmp_path, lambda client: client.stream(BOT, TURN))
+    assert caught.value.status == 502 and not caught.value.retry_safe
+
+
+def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Garbage from Letta in the middle of a stream becomes a 502 error, not a crash."""
+    body = raw("stream_tokens.sse").replace(b'"content":" me"}', b'"content":" me"', 1)
+    letta["send"].mock(return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+
+    async def read_all(client: Letta) -> None:
+        async for _ in await client.stream(BOT, TURN):
+            pass
+
+    with pytest.raises(ProxyError) as caught:
+        run(tmp_path, read_all)
+    assert caught.value.status == 502
+
+
+def test_agents_are_matched_by_name_or_id(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """The allowlist accepts ids as well as names."""
+    other = {**AGENT, "id": "agent-other", "name": "other"}
+    letta["agents"].mock(side_effect=lambda r: httpx.Response(200, json=[] if "after" in r.url.params
+                                                               else [AGENT, other]))
+    agents = run(tmp_path, lambda client: client.agents(), proxy_agents=f"{AGENT['id']}")
+    assert [a.name for a in agents] == [AGENT["name"]]
+
+
+def test_sending_a_turn_is_never_retried(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """A 5xx from Letta is not retried by the client: the turn might already be in the agent's memory."""
+    letta["send"].mock(return_value=httpx.Response(503, json={"detail": "overloaded"}))
+    with pytest.raises(ProxyError):
+        run(tmp_path, lambda client: client.send(BOT, TURN))
+    assert letta["send"].call_count == 1
+
+
+def test_listing_agents_is_retried(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Listing is harmless to repeat, so a passing Letta hiccup is retried."""
+    page = httpx.Response(200, json=[AGENT])
+    letta["agents"].mock(side_effect=[httpx.Response(503), page, httpx.Response(200, json=[])])
+    agents = run(tmp_path, lambda client: client.agents())
+    assert [a.id for a in agents] == [AGENT["id"]] and letta["agents"].call_count == 3
+
+
+def test_the_letta_url_is_the_configured_one(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Requests go to LETTA_BASE_URL."""
+    run(tmp_path, lambda client: client.agents())
+    assert str(letta["agents"].calls[0].request.url).startswith(LETTA)

@@ -7,7 +7,7 @@ from litestar.di import Provide
 from proxy.auth import load_keys
 from proxy.errors import exception_handlers
 from proxy.letta import Letta
-from proxy.routes import v1
+from proxy.routes import probes, v1
 from proxy.settings import Settings
 
 
@@ -15,7 +15,7 @@ def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
     """One Letta client for the app's life, closed on shutdown; keys loaded (or generated) up front."""
     upstream = letta or Letta(settings)
     return Litestar(
-        route_handlers=[v1],
+        route_handlers=[v1, *probes],
         dependencies={
             "letta": Provide(lambda: upstream, sync_to_thread=False, use_cache=True),
             "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),

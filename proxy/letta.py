@@ -25,6 +25,8 @@ log = logging.getLogger("proxy")
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
 LIST_RETRIES = 2
+READY_CACHE_SECONDS = 2.0
+READY_TIMEOUT = 5.0
 LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 
 
@@ -74,9 +76,23 @@ class Letta:
         self._agents: list[Agent] = []
         self._fetched_at = -float("inf")
         self._lock = asyncio.Lock()
+        self._ready = False
+        self._ready_at = -float("inf")
 
     async def aclose(self) -> None:
         await self._client.close()
+
+    async def ready(self) -> bool:
+        """Whether Letta answers its health check; remembered briefly so probes cannot flood Letta."""
+        if time.monotonic() - self._ready_at >= READY_CACHE_SECONDS:
+            try:
+                await self._client.with_options(timeout=READY_TIMEOUT).health()
+                self._ready = True
+            except UPSTREAM_ERRORS as exc:
+                log.warning("Letta is not ready: %s", exc.__class__.__name__)
+                self._ready = False
+            self._ready_at = time.monotonic()
+        return self._ready
 
     async def agents(self) -> list[Agent]:
         """The exposed agents, listed at most once per cache period however many requests ask."""

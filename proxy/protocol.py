@@ -136,3 +136,9 @@ class ErrorDetail(msgspec.Struct):
 
 class ErrorBody(msgspec.Struct):
     error: ErrorDetail
+
+
+class Health(msgspec.Struct):
+    """The proxy's own probes (`/health`, `/ready`), not an OpenAI object."""
+
+    status: Literal["ok", "unavailable"]

@@ -53,4 +53,19 @@ async def chat_completions(
     return Response(completion(response, translator, completion_id, created, agent.name))
 
 
+@get("/health", summary="Liveness: the process is up", include_in_schema=True)
+async def health() -> protocol.Health:
+    """No key and no Letta call: for liveness probes."""
+    return protocol.Health("ok")
+
+
+@get("/ready", summary="Readiness: Letta answers")
+async def ready(letta: NamedDependency[Letta]) -> Response[protocol.Health]:
+    """503 while Letta is unreachable, so load balancers send no traffic that would fail."""
+    if await letta.ready():
+        return Response(protocol.Health("ok"))
+    return Response(protocol.Health("unavailable"), status_code=503)
+
+
 v1 = Router("/v1", route_handlers=[list_models, chat_completions], guards=[require_key])
+probes = [health, ready]

@@ -111,3 +111,9 @@ def test_the_letta_url_is_the_configured_one(tmp_path: Path, letta: respx.MockRo
     """Requests go to LETTA_BASE_URL."""
     run(tmp_path, lambda client: client.agents())
     assert str(letta["agents"].calls[0].request.url).startswith(LETTA)
+
+
+def test_readiness_is_false_when_letta_is_down(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """An unreachable Letta makes the proxy not ready, without raising."""
+    letta.get("/v1/health/").mock(side_effect=httpx.ConnectError("down"))
+    assert run(tmp_path, lambda client: client.ready()) is False

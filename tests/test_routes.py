@@ -225,3 +225,22 @@ def test_bodies_over_the_limit_are_a_413(tmp_path: Path, letta: respx.MockRouter
 def test_unknown_routes_are_an_openai_404(client: TestClient) -> None:
     """Even a wrong path answers in OpenAI's error shape."""
     assert_openai_error(client.get("/v1/nothing-here"), 404)
+
+
+# --- probes --------------------------------------------------------------------------------------
+
+
+def test_health_needs_no_key_and_no_letta(client: TestClient, letta: respx.MockRouter) -> None:
+    """Liveness answers from the process alone."""
+    del client.headers["Authorization"]
+    letta.get("/v1/health/").mock(side_effect=httpx.ConnectError("down"))
+    assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_ready_follows_letta(client: TestClient, letta: respx.MockRouter) -> None:
+    """Readiness is 200 while Letta answers and 503 when it does not, without a key."""
+    del client.headers["Authorization"]
+    route = letta.get("/v1/health/").mock(return_value=httpx.Response(200, json={"status": "ok"}))
+    assert client.get("/ready").status_code == 200
+    assert client.get("/ready").status_code == 200
+    assert route.call_count == 1  # remembered briefly

@@ -51,6 +51,7 @@ def main() -> None:
         address=settings.proxy_host,
         port=settings.proxy_port,
         websockets=False,
+        workers_kill_timeout=settings.proxy_shutdown_grace_seconds or None,
         log_level=settings.proxy_log_level,  # type: ignore[arg-type]
         log_dictconfig=config,
     ).serve()

@@ -1,6 +1,7 @@
 """`create_app(settings)`: the Litestar application, with nothing built at import time."""
 
 from litestar import Litestar
+from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 
@@ -24,6 +25,7 @@ def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
         on_shutdown=[upstream.aclose],
         state=State({"client_keys": load_keys(settings)}),
         request_max_body_size=settings.proxy_max_body_bytes,
+        cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins) if settings.proxy_cors_origins else None,
         logging_config=None,
     )
 

@@ -51,14 +51,23 @@ def load_keys(settings: Settings) -> list[bytes]:
     return [key.encode()]
 
 
+MAX_KEY_LENGTH = 256
+
+
 def presented_key(headers: Mapping[str, str]) -> bytes | None:
-    """The key from `Authorization: Bearer <key>`, else from `X-Api-Key`."""
-    authorization = headers.get("authorization", "")
-    scheme, _, value = authorization.partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip().encode()
-    api_key = headers.get("x-api-key", "").strip()
-    return api_key.encode() if api_key else None
+    """The key from `Authorization: Bearer <key>` or `X-Api-Key`; None when absent or ambiguous.
+
+    Both headers with different keys is refused rather than resolved, as is a key with whitespace
+    in it or one too long to be ours (so a huge header costs no comparison time).
+    """
+    scheme, _, bearer = headers.get("authorization", "").partition(" ")
+    candidates = {key for key in (bearer if scheme.lower() == "bearer" else None, headers.get("x-api-key")) if key}
+    if len(candidates) != 1:
+        return None
+    key = candidates.pop()
+    if len(key) > MAX_KEY_LENGTH or any(char.isspace() for char in key):
+        return None
+    return key.encode()
 
 
 def is_accepted(key: bytes | None, keys: list[bytes]) -> bool:

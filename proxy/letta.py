@@ -6,6 +6,7 @@ Every upstream failure leaves here as a `ProxyError` with the status a client sh
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -27,7 +28,9 @@ CONNECT_TIMEOUT = 10.0
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
-LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
+LIST_PAGE = 100
+RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
+CANCEL_TIMEOUT = 10.0  # agents per page; tags are the lightest relation to include, all of them the heaviest
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,11 @@ def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
 UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError)
 
 
+def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
+    """Gives each message an offline id, the same on every retry, so Letta can tell a duplicate."""
+    return [{**message, "otid": str(uuid.uuid4())} for message in messages]
+
+
 class Letta:
     """Owns the client, its timeouts and the short-lived agent cache."""
 
@@ -73,6 +81,8 @@ class Letta:
         self._allowed = set(settings.proxy_agents)
         self._default = settings.proxy_default_agent
         self._cache_seconds = settings.proxy_agent_cache_seconds
+        self._connect_retries = settings.letta_connect_retries
+        self._background: set[asyncio.Task[None]] = set()
         self._agents: list[Agent] = []
         self._fetched_at = -float("inf")
         self._lock = asyncio.Lock()
@@ -80,6 +90,8 @@ class Letta:
         self._ready_at = -float("inf")
 
     async def aclose(self) -> None:
+        if self._background:
+            await asyncio.wait(self._background, timeout=CANCEL_TIMEOUT)
         await self._client.close()
 
     async def ready(self) -> bool:
@@ -128,9 +140,35 @@ class Letta:
 
     async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaResponse:
         """One whole turn."""
-        return await self._call(
-            lambda: self._client.agents.messages.create(agent.id, messages=messages), sent=True
-        )
+        turn = _with_otids(messages)
+        return await self._retrying(lambda: self._client.agents.messages.create(agent.id, messages=turn))
+
+    def cancel_soon(self, agent: Agent, run_id: str | None) -> None:
+        """Stops a run nobody will read any more, in the background: the caller is being torn down."""
+        if run_id is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._cancel(agent, run_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _cancel(self, agent: Agent, run_id: str) -> None:
+        try:
+            await self._client.with_options(timeout=CANCEL_TIMEOUT).agents.messages.cancel(agent.id, run_ids=[run_id])
+            log.info("cancelled run %s of agent %s", run_id, agent.id)
+        except UPSTREAM_ERRORS as exc:
+            log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retries only a turn that never left: one whose connection to Letta could not be made."""
+        attempt = 0
+        while True:
+            try:
+                return await self._call(call, sent=True)
+            except ProxyError as error:
+                if error.code != "upstream_unavailable" or not error.retry_safe or attempt >= self._connect_retries:
+                    raise
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
+            attempt += 1
 
     async def stream(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> AsyncGenerator[object, None]:
         """One turn as Letta's token stream, already opened and its first event read.
@@ -148,11 +186,11 @@ class Letta:
         The upstream response is opened inside the generator so that its `finally` closes it however the
         reader stops, even one that never reads past the opening.
         """
-        upstream = await self._call(
+        turn = _with_otids(messages)
+        upstream = await self._retrying(
             lambda: self._client.agents.messages.create(
-                agent.id, messages=messages, streaming=True, stream_tokens=True, include_pings=True
-            ),
-            sent=True,
+                agent.id, messages=turn, streaming=True, stream_tokens=True, include_pings=True
+            )
         )
         try:
             events = aiter(upstream)

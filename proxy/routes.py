@@ -16,7 +16,7 @@ from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, sse_frames
-from proxy.translate import TurnTranslator, completion, letta_messages
+from proxy.translate import Limits, TurnTranslator, completion, letta_messages
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -39,15 +39,22 @@ async def chat_completions(
     data: JSONBody[protocol.ChatCompletionRequest], letta: NamedDependency[Letta], settings: NamedDependency[Settings]
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks."""
-    messages = letta_messages(data)
+    limits = Limits(settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes)
+    messages = letta_messages(data, limits)
     agent = await letta.resolve(data.model)
     translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
     if data.stream:
         events = await letta.stream(agent, messages)
-        include_usage = data.stream_options is not None and data.stream_options.include_usage
-        frames = sse_frames(events, translator, ChunkHeader(completion_id, created, agent.name), include_usage)
+        frames = sse_frames(
+            events,
+            translator,
+            ChunkHeader(completion_id, created, agent.name),
+            include_usage=data.stream_options is not None and data.stream_options.include_usage,
+            idle_seconds=settings.proxy_keepalive_seconds,
+            on_abandon=lambda: letta.cancel_soon(agent, translator.run_id),
+        )
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
     response = await letta.send(agent, messages)
     return Response(completion(response, translator, completion_id, created, agent.name))

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     letta_timeout: float = Field(
         300.0, gt=0, description="Seconds to wait for Letta: a whole turn, or the gap between stream events."
     )
+    letta_connect_retries: int = Field(
+        2, ge=0, le=10, description="Retries, with backoff, of a turn whose connection to Letta failed before sending."
+    )
     proxy_host: str = Field("0.0.0.0", description="Address the proxy listens on.")
     proxy_port: int = Field(8080, ge=1, le=65535, description="Port the proxy listens on.")
     proxy_api_keys: Annotated[list[SecretStr], NoDecode] = Field(
@@ -43,6 +46,20 @@ class Settings(BaseSettings):
     )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    proxy_max_messages: int = Field(5000, gt=0, description="Most messages one request may carry.")
+    proxy_max_text_chars: int = Field(
+        1_000_000, gt=0, description="Most characters of text forwarded to the agent in one request."
+    )
+    proxy_max_image_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest image, decoded, in bytes.")
+    proxy_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Idle seconds after which a stream gets an SSE comment, so no one cuts it."
+    )
+    proxy_shutdown_grace_seconds: int = Field(
+        30, ge=0, description="On SIGTERM, how long open requests may take to finish before they are cut."
+    )
+    proxy_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS, comma-separated ('*' for any); empty: CORS off."
+    )
     proxy_tool_calls: ToolCallMode = Field(
         "openai", description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop."
     )
@@ -51,7 +68,7 @@ class Settings(BaseSettings):
         "info", description="Log level."
     )
 
-    @field_validator("proxy_api_keys", "proxy_agents", mode="before")
+    @field_validator("proxy_api_keys", "proxy_agents", "proxy_cors_origins", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_commas(value)

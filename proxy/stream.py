@@ -1,13 +1,16 @@
 """A Letta event stream as OpenAI SSE frames: role chunk, deltas, finish chunk, usage chunk, `[DONE]`.
 
 An error once the 200 has gone out can only be told inside the stream: one `data: {"error": ...}`
-frame, then `[DONE]`, so every client stops cleanly.
+frame, then `[DONE]`, so every client stops cleanly. A quiet upstream gets SSE comments, so that no
+proxy or load balancer on the way closes the connection as idle.
 """
 
+import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
+import anyio
 import msgspec
 
 from proxy import protocol
@@ -17,6 +20,8 @@ from proxy.translate import TurnTranslator
 log = logging.getLogger("proxy")
 
 DONE = b"data: [DONE]\n\n"
+KEEPALIVE = b": keepalive\n\n"
+_END = object()
 _encode = msgspec.json.Encoder().encode
 
 
@@ -40,22 +45,60 @@ class ChunkHeader:
         return frame(protocol.ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage))
 
 
+async def paced(events: AsyncGenerator[object, None], idle_seconds: float) -> AsyncIterator[object]:
+    """The events, with KEEPALIVE whenever Letta stays silent for `idle_seconds`.
+
+    The pending read is waited on, never cancelled, by a timeout: cancelling it would break the stream.
+    """
+    pending: asyncio.Future[object] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(events, _END))
+            done, _ = await asyncio.wait((pending,), timeout=idle_seconds)
+            if not done:
+                yield KEEPALIVE
+                continue
+            event, pending = pending.result(), None
+            if event is _END:
+                return
+            yield event
+    finally:
+        with anyio.CancelScope(shield=True):  # a client gone mid-stream must still close the upstream
+            if pending is not None:
+                pending.cancel()
+                await asyncio.wait((pending,))
+            await events.aclose()
+
+
 async def sse_frames(
-    events: AsyncGenerator[object, None], translator: TurnTranslator, header: ChunkHeader, include_usage: bool
+    events: AsyncGenerator[object, None],
+    translator: TurnTranslator,
+    header: ChunkHeader,
+    *,
+    include_usage: bool,
+    idle_seconds: float,
+    on_abandon: Callable[[], None],
 ) -> AsyncIterator[bytes]:
-    """Frames for one streamed turn; stops reading Letta as soon as the client goes away."""
+    """Frames for one streamed turn. A client gone before the end calls `on_abandon` (to stop the run)."""
+    finished = False
     try:
         yield header.chunk(protocol.Delta(role="assistant", content=""))
-        async for event in events:
-            delta = translator.feed(event)
-            if delta is not None:
+        async for event in paced(events, idle_seconds):
+            if event is KEEPALIVE:
+                yield KEEPALIVE
+            elif (delta := translator.feed(event)) is not None:
                 yield header.chunk(delta)
+        finished = True
         yield header.chunk(protocol.Delta(), translator.finish_reason)
         if include_usage and translator.usage is not None:
             yield header.usage(translator.usage)
     except ProxyError as error:
+        finished = True
         log.warning("stream %s ended with an error: %s", header.id, error.message)
         yield frame(protocol.ErrorBody(error=error.detail()))
     finally:
-        await events.aclose()
+        if not finished:
+            log.info("client left stream %s before the end", header.id)
+            on_abandon()
     yield DONE

@@ -38,13 +38,25 @@ MAX_UPSTREAM_MESSAGE = 300
 # --- OpenAI request -> Letta messages -------------------------------------------------------------
 
 
-def letta_messages(request: protocol.ChatCompletionRequest) -> list[MessageCreateParam]:
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may carry, beyond the body size the server enforces."""
+
+    messages: int = 5000
+    text_chars: int = 1_000_000
+    image_bytes: int = 5 * 1024 * 1024
+
+
+def letta_messages(request: protocol.ChatCompletionRequest, limits: Limits = Limits()) -> list[MessageCreateParam]:
     """The user turns after the last assistant message: the only part Letta has not seen yet."""
     if request.n is not None and request.n > 1:
         raise bad_request("Only n=1 is supported: a Letta agent gives one answer per turn.", param="n")
+    if len(request.messages) > limits.messages:
+        raise bad_request(f"Too many messages: {len(request.messages)}, at most {limits.messages} are accepted.",
+                          param="messages", code="too_many_messages")
     last_assistant = max((i for i, m in enumerate(request.messages) if m.role == "assistant"), default=-1)
     turns: list[MessageCreateParam] = [
-        {"role": "user", "content": _user_content(i, message)}
+        {"role": "user", "content": _user_content(i, message, limits)}
         for i, message in enumerate(request.messages)
         if i > last_assistant and message.role == "user"
     ]
@@ -53,10 +65,19 @@ def letta_messages(request: protocol.ChatCompletionRequest) -> list[MessageCreat
             "No user message after the last assistant message: there is nothing new to send to the agent.",
             param="messages",
         )
+    if sum(_text_length(turn["content"]) for turn in turns) > limits.text_chars:
+        raise bad_request(f"The new user messages hold more than {limits.text_chars} characters of text.",
+                          param="messages", code="message_too_long")
     return turns
 
 
-def _user_content(index: int, message: protocol.ChatMessage) -> str | list[Any]:
+def _text_length(content: object) -> int:
+    if isinstance(content, str):
+        return len(content)
+    return sum(len(part.get("text", "")) for part in cast(list[dict[str, Any]], content))
+
+
+def _user_content(index: int, message: protocol.ChatMessage, limits: Limits) -> str | list[Any]:
     """A plain string when the turn is only text (what Letta shows best), else Letta content parts."""
     content = message.content
     if isinstance(content, str) or content is None:
@@ -73,7 +94,7 @@ def _user_content(index: int, message: protocol.ChatMessage) -> str | list[Any]:
             else:
                 parts.append({"type": "text", "text": part.text})
         elif part.type == "image_url" and part.image_url is not None:
-            parts.append(_image(part.image_url.url, where))
+            parts.append(_image(part.image_url.url, where, limits.image_bytes))
         else:
             raise bad_request(
                 f"Unsupported content part of type '{part.type}' in {where}: send text or image_url parts.",
@@ -86,7 +107,7 @@ def _user_content(index: int, message: protocol.ChatMessage) -> str | list[Any]:
     return parts
 
 
-def _image(url: str, where: str) -> dict[str, Any]:
+def _image(url: str, where: str, max_bytes: int) -> dict[str, Any]:
     """Only inline images: the proxy does not fetch remote URLs on a client's behalf."""
     header, comma, data = url.partition(",")
     media_type, _, encoding = header.removeprefix("data:").partition(";")
@@ -95,6 +116,9 @@ def _image(url: str, where: str) -> dict[str, Any]:
             f"Unsupported image URL in {where}: only base64 data URLs (data:image/...;base64,...) are accepted.",
             param=f"{where}.image_url.url",
         )
+    if len(data) * 3 // 4 > max_bytes:
+        raise bad_request(f"The image in {where} is larger than {max_bytes} bytes.",
+                          param=f"{where}.image_url.url", code="image_too_large")
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
@@ -118,6 +142,7 @@ class TurnTranslator:
     reasoning: bool = False
     stop_reason: str | None = None
     usage: protocol.Usage | None = None
+    run_id: str | None = None
     _tool_index: dict[str, int] = field(default_factory=dict)
     _current_tool: str | None = None
     _assistant_id: str | None = None
@@ -126,6 +151,8 @@ class TurnTranslator:
 
     def feed(self, event: object) -> protocol.Delta | None:
         """The delta for one Letta message or stream event; None for what the client never sees."""
+        if self.run_id is None:
+            self.run_id = getattr(event, "run_id", None)
         match getattr(event, "message_type", None):
             case "assistant_message":
                 return self._assistant(cast(AssistantMessage, event))

@@ -18,7 +18,11 @@ HELLO = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hello
 
 
 def sent_body(letta: respx.MockRouter) -> dict[str, Any]:
-    return json.loads(letta["send"].calls.last.request.content)
+    """What the proxy sent Letta, once each message's offline id is checked to be there and unique."""
+    body = json.loads(letta["send"].calls.last.request.content)
+    otids = [message.pop("otid") for message in body["messages"]]
+    assert all(otids) and len(set(otids)) == len(otids)
+    return body
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
@@ -165,7 +169,6 @@ def test_a_stream_that_fails_to_open_is_a_real_http_error(client: TestClient, le
 
 
 @pytest.mark.parametrize("side_effect, status, code, retry", [
-    (httpx.ConnectError("refused"), 503, "upstream_unavailable", None),
     (httpx.ReadTimeout("slow"), 504, "upstream_timeout", "false"),
     (httpx.Response(500, json={"detail": "boom"}), 502, "upstream_error", "false"),
     (httpx.Response(422, json={"detail": "bad content"}), 502, "upstream_error", "false"),
@@ -182,6 +185,23 @@ def test_upstream_faults_get_clear_statuses(
     assert_openai_error(response, status, code)
     assert response.headers.get("x-should-retry") == retry
     assert "Traceback" not in response.text
+
+
+def test_a_refused_connection_is_retried_then_a_retryable_503(client: TestClient, letta: respx.MockRouter) -> None:
+    """A turn that could not even connect never reached the agent: retried here, and safe for the client to retry."""
+    letta["send"].mock(side_effect=httpx.ConnectError("refused"))
+    response = client.post(CHAT, json=HELLO)
+    assert_openai_error(response, 503, "upstream_unavailable")
+    assert "x-should-retry" not in response.headers
+    assert letta["send"].call_count == 3  # LETTA_CONNECT_RETRIES=2 by default
+
+
+def test_a_retried_turn_keeps_its_offline_ids(client: TestClient, letta: respx.MockRouter) -> None:
+    """The retry is the same turn: same otid, so Letta can recognise a duplicate."""
+    letta["send"].mock(side_effect=[httpx.ConnectError("refused"), letta["send"].return_value])
+    assert client.post(CHAT, json=HELLO).status_code == 200
+    first, second = (json.loads(call.request.content)["messages"][0]["otid"] for call in letta["send"].calls)
+    assert first == second
 
 
 def test_letta_down_while_listing_agents_is_a_503(client: TestClient, letta: respx.MockRouter) -> None:

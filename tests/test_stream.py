@@ -2,11 +2,11 @@
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.stream import DONE, ChunkHeader, sse_frames
+from proxy.stream import DONE, KEEPALIVE, ChunkHeader, sse_frames
 from proxy.translate import TurnTranslator
 from tests.letta_captures import event, events
 
@@ -20,9 +20,15 @@ async def _source(items: list[Any], fail_with: Exception | None = None) -> Async
         raise fail_with
 
 
+def stream(source: AsyncGenerator[object, None], include_usage: bool = True, idle_seconds: float = 60,
+           abandoned: list[bool] | None = None) -> AsyncIterator[bytes]:
+    return sse_frames(source, TurnTranslator(), HEADER, include_usage=include_usage, idle_seconds=idle_seconds,
+                      on_abandon=lambda: (abandoned if abandoned is not None else []).append(True))
+
+
 def frames(items: list[Any], include_usage: bool = True, fail_with: Exception | None = None) -> list[bytes]:
     async def collect() -> list[bytes]:
-        return [f async for f in sse_frames(_source(items, fail_with), TurnTranslator(), HEADER, include_usage)]
+        return [f async for f in stream(_source(items, fail_with), include_usage)]
 
     return asyncio.run(collect())
 
@@ -83,11 +89,47 @@ def test_the_source_is_closed_when_the_client_goes_away() -> None:
         finally:
             closed.append(True)
 
+    abandoned: list[bool] = []
+
     async def read_two() -> None:
-        stream = sse_frames(source(), TurnTranslator(), HEADER, True)
-        await anext(stream)
-        await anext(stream)
-        await stream.aclose()
+        frames = stream(source(), abandoned=abandoned)
+        await anext(frames)
+        await anext(frames)
+        await frames.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(read_two())
     assert closed == [True]
+    assert abandoned == [True]
+
+
+def test_a_finished_stream_is_not_reported_abandoned() -> None:
+    """Only a client that leaves early triggers the run's cancellation."""
+    abandoned: list[bool] = []
+
+    async def read_all() -> None:
+        async for _ in stream(_source(events("stream_tokens.sse")), abandoned=abandoned):
+            pass
+
+    asyncio.run(read_all())
+    assert abandoned == []
+
+
+def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
+    """While Letta is quiet the client gets SSE comments; the event that was awaited still arrives."""
+    captured = events("stream_tokens.sse")
+
+    async def slow() -> AsyncGenerator[object, None]:
+        yield captured[1]
+        await asyncio.sleep(0.35)
+        for item in captured[2:]:
+            yield item
+
+    async def collect() -> list[bytes]:
+        return [f async for f in stream(slow(), idle_seconds=0.1)]
+
+    out = asyncio.run(collect())
+    assert out.count(KEEPALIVE) >= 2
+    content = [json.loads(f[6:])["choices"][0]["delta"].get("content") for f in out if f.startswith(b"data: {")
+               and json.loads(f[6:])["choices"]]
+    assert "".join(c for c in content if c) == "Echo: stream me token by token"
+    assert out[-1] == DONE

@@ -1,5 +1,7 @@
 """translate.py: OpenAI requests to Letta messages, and Letta answers (real captures) to OpenAI objects."""
 
+from typing import Any
+
 import msgspec
 import pytest
 
@@ -7,6 +9,7 @@ from proxy import protocol
 from proxy.errors import ProxyError
 from proxy.translate import (
     APPROVAL_NOTE,
+    Limits,
     TurnTranslator,
     completion,
     letta_messages,
@@ -259,3 +262,34 @@ def test_usage_total_is_derived_when_letta_leaves_it_out() -> None:
     translator = TurnTranslator()
     translator.feed(event(usage, total_tokens=None))
     assert translator.usage == protocol.Usage(771, 7, 778)
+
+
+# --- limits --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limits, messages, code", [
+    (Limits(messages=2), [{"role": "user", "content": "x"}] * 3, "too_many_messages"),
+    (Limits(text_chars=5), [{"role": "user", "content": "abc"}, {"role": "user", "content": "def"}],
+     "message_too_long"),
+    (Limits(image_bytes=3), [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAAAAAA"}}]}], "image_too_large"),
+])
+def test_requests_beyond_the_limits_are_refused(limits: Limits, messages: list[dict[str, Any]], code: str) -> None:
+    """Message count, forwarded text and image size are bounded, each with its own error code."""
+    with pytest.raises(ProxyError) as caught:
+        letta_messages(request(messages=messages), limits)
+    assert (caught.value.status, caught.value.code) == (400, code)
+
+
+def test_requests_at_the_limits_pass() -> None:
+    """The bounds are inclusive: exactly at the limit is accepted."""
+    messages = [{"role": "user", "content": "abc"}, {"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
+    assert len(letta_messages(request(messages=messages), Limits(messages=2, text_chars=3, image_bytes=3))) == 2
+
+
+def test_the_run_id_is_remembered_from_the_first_event() -> None:
+    """The run to cancel, should the client leave, is known as soon as Letta's first event arrives."""
+    translator = TurnTranslator()
+    deltas(translator, events(TOKEN_STREAM)[:1])
+    assert translator.run_id == "run-3f2ac17e-ba87-4e44-9a22-bf784dbdd8c1"

@@ -52,6 +52,10 @@ def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
         log.warning("Letta answered %s: %s", exc.status_code, summary)
         return ProxyError(502, f"The Letta server answered {exc.status_code}: {summary}", type="server_error",
                           code="upstream_error", retry_safe=not sent)
+    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):  # raw httpx: only while reading a stream
+        log.warning("Letta's stream broke off: %s", exc.__class__.__name__)
+        return upstream_failure("The Letta server closed the stream before the turn was complete.",
+                                code="upstream_disconnected")
     connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError)
     log.warning("Letta unreachable: %s", exc.__class__.__name__)
     return ProxyError(503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable",

@@ -15,7 +15,7 @@ import msgspec
 
 from proxy import protocol
 from proxy.errors import ProxyError
-from proxy.translate import TurnTranslator
+from proxy.translate import TurnTranslator, upstream_failure
 
 log = logging.getLogger("proxy")
 
@@ -89,6 +89,8 @@ async def sse_frames(
                 yield KEEPALIVE
             elif (delta := translator.feed(event)) is not None:
                 yield header.chunk(delta)
+        if translator.stop_reason is None:
+            raise upstream_failure("The Letta stream ended before the turn was complete.", code="upstream_disconnected")
         finished = True
         yield header.chunk(protocol.Delta(), translator.finish_reason)
         if include_usage and translator.usage is not None:

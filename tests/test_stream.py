@@ -133,3 +133,9 @@ def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
                and json.loads(f[6:])["choices"]]
     assert "".join(c for c in content if c) == "Echo: stream me token by token"
     assert out[-1] == DONE
+
+
+def test_a_stream_that_ends_without_a_stop_reason_is_an_error() -> None:
+    """Letta's stream closing before its stop_reason means the turn is incomplete: said so, not `stop`."""
+    out = frames(events("stream_tokens.sse")[:4])
+    assert json.loads(out[-2][6:])["error"]["code"] == "upstream_disconnected" and out[-1] == DONE

@@ -42,7 +42,9 @@ def main() -> None:
     load_keys(settings)  # here, so a key file problem stops start-up before any worker runs
     log.info(
         "listening on http://%s:%d, forwarding to Letta at %s",
-        settings.proxy_host, settings.proxy_port, settings.letta_base_url,
+        settings.proxy_host,
+        settings.proxy_port,
+        settings.letta_base_url,
     )
     Granian(
         "proxy.app:app_from_environment",

@@ -25,7 +25,9 @@ def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
         on_shutdown=[upstream.aclose],
         state=State({"client_keys": load_keys(settings)}),
         request_max_body_size=settings.proxy_max_body_bytes,
-        cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins) if settings.proxy_cors_origins else None,
+        cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)
+        if settings.proxy_cors_origins
+        else None,
         logging_config=None,
     )
 

@@ -61,7 +61,9 @@ def presented_key(headers: Mapping[str, str]) -> bytes | None:
     in it or one too long to be ours (so a huge header costs no comparison time).
     """
     scheme, _, bearer = headers.get("authorization", "").partition(" ")
-    candidates = {key for key in (bearer if scheme.lower() == "bearer" else None, headers.get("x-api-key")) if key}
+    candidates = {
+        key for key in (bearer if scheme.lower() == "bearer" else None, headers.get("x-api-key")) if key
+    }
     if len(candidates) != 1:
         return None
     key = candidates.pop()

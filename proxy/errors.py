@@ -49,7 +49,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 def model_not_found(model: str) -> ProxyError:
     return ProxyError(
-        404, f"The model '{model}' does not exist or you do not have access to it.", code="model_not_found",
+        404,
+        f"The model '{model}' does not exist or you do not have access to it.",
+        code="model_not_found",
         param="model",
     )
 
@@ -98,7 +100,12 @@ def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
 def _unexpected(request: Request, exc: Exception) -> Response[bytes]:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _respond(
-        ProxyError(HTTP_500_INTERNAL_SERVER_ERROR, "Internal error in the proxy.", type="server_error", retry_safe=False)
+        ProxyError(
+            HTTP_500_INTERNAL_SERVER_ERROR,
+            "Internal error in the proxy.",
+            type="server_error",
+            retry_safe=False,
+        )
     )
 
 

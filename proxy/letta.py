@@ -44,22 +44,38 @@ def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
     """Maps an SDK or httpx failure to 503/504/502; `sent` marks failures after the turn left us."""
     if isinstance(exc, letta_client.APITimeoutError | httpx.TimeoutException):
         log.warning("Letta timed out: %s", exc.__class__.__name__)
-        return ProxyError(504, "The Letta server did not answer in time.", type="server_error",
-                          code="upstream_timeout", retry_safe=not sent)
+        return ProxyError(
+            504,
+            "The Letta server did not answer in time.",
+            type="server_error",
+            code="upstream_timeout",
+            retry_safe=not sent,
+        )
     if isinstance(exc, letta_client.APIStatusError):
         detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
         summary = str(detail or exc.response.reason_phrase)[:200]
         log.warning("Letta answered %s: %s", exc.status_code, summary)
-        return ProxyError(502, f"The Letta server answered {exc.status_code}: {summary}", type="server_error",
-                          code="upstream_error", retry_safe=not sent)
+        return ProxyError(
+            502,
+            f"The Letta server answered {exc.status_code}: {summary}",
+            type="server_error",
+            code="upstream_error",
+            retry_safe=not sent,
+        )
     if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):  # raw httpx: only while reading a stream
         log.warning("Letta's stream broke off: %s", exc.__class__.__name__)
-        return upstream_failure("The Letta server closed the stream before the turn was complete.",
-                                code="upstream_disconnected")
+        return upstream_failure(
+            "The Letta server closed the stream before the turn was complete.", code="upstream_disconnected"
+        )
     connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError)
     log.warning("Letta unreachable: %s", exc.__class__.__name__)
-    return ProxyError(503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable",
-                      retry_safe=connect_failed or not sent)
+    return ProxyError(
+        503,
+        "The Letta server is unreachable.",
+        type="server_error",
+        code="upstream_unavailable",
+        retry_safe=connect_failed or not sent,
+    )
 
 
 UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError)
@@ -134,8 +150,12 @@ class Letta:
         wanted = model or self._default
         if wanted is None:
             if not agents:
-                raise ProxyError(404, "No model was given and Letta has no agent to use.", code="model_not_found",
-                                 param="model")
+                raise ProxyError(
+                    404,
+                    "No model was given and Letta has no agent to use.",
+                    code="model_not_found",
+                    param="model",
+                )
             return agents[0]
         for agent in agents:
             if wanted in (agent.name, agent.id):
@@ -157,7 +177,9 @@ class Letta:
 
     async def _cancel(self, agent: Agent, run_id: str) -> None:
         try:
-            await self._client.with_options(timeout=CANCEL_TIMEOUT).agents.messages.cancel(agent.id, run_ids=[run_id])
+            await self._client.with_options(timeout=CANCEL_TIMEOUT).agents.messages.cancel(
+                agent.id, run_ids=[run_id]
+            )
             log.info("cancelled run %s of agent %s", run_id, agent.id)
         except UPSTREAM_ERRORS as exc:
             log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
@@ -169,12 +191,18 @@ class Letta:
             try:
                 return await self._call(call, sent=True)
             except ProxyError as error:
-                if error.code != "upstream_unavailable" or not error.retry_safe or attempt >= self._connect_retries:
+                if (
+                    error.code != "upstream_unavailable"
+                    or not error.retry_safe
+                    or attempt >= self._connect_retries
+                ):
                     raise
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
 
-    async def stream(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> AsyncGenerator[object, None]:
+    async def stream(
+        self, agent: Agent, messages: Iterable[MessageCreateParam]
+    ) -> AsyncGenerator[object, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
@@ -184,7 +212,9 @@ class Letta:
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
         return events
 
-    async def _events(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> AsyncGenerator[object, None]:
+    async def _events(
+        self, agent: Agent, messages: Iterable[MessageCreateParam]
+    ) -> AsyncGenerator[object, None]:
         """Yields None once the first event is in, then the events.
 
         The upstream response is opened inside the generator so that its `finally` closes it however the
@@ -212,8 +242,12 @@ class Letta:
         except letta_client.NotFoundError as exc:
             if sent:
                 self._fetched_at = -float("inf")  # the agent is gone: list again next time
-                raise ProxyError(404, "The agent behind this model no longer exists.", code="model_not_found",
-                                 param="model") from exc
+                raise ProxyError(
+                    404,
+                    "The agent behind this model no longer exists.",
+                    code="model_not_found",
+                    param="model",
+                ) from exc
             raise _upstream_error(exc, sent=sent) from exc
         except UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc, sent=sent) from exc

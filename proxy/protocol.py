@@ -107,7 +107,9 @@ class ChunkChoice(msgspec.Struct):
     logprobs: None = None
 
 
-class ChatCompletionChunk(msgspec.Struct, omit_defaults=True, tag_field="object", tag="chat.completion.chunk"):
+class ChatCompletionChunk(
+    msgspec.Struct, omit_defaults=True, tag_field="object", tag="chat.completion.chunk"
+):
     id: str
     created: int
     model: str

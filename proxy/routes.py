@@ -36,10 +36,14 @@ async def list_models(letta: NamedDependency[Letta]) -> protocol.ModelList:
 
 @post("/chat/completions", summary="Send the new user turns to an agent", status_code=200)
 async def chat_completions(
-    data: JSONBody[protocol.ChatCompletionRequest], letta: NamedDependency[Letta], settings: NamedDependency[Settings]
+    data: JSONBody[protocol.ChatCompletionRequest],
+    letta: NamedDependency[Letta],
+    settings: NamedDependency[Settings],
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks."""
-    limits = Limits(settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes)
+    limits = Limits(
+        settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
+    )
     messages = letta_messages(data, limits)
     agent = await letta.resolve(data.model)
     translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)

@@ -24,13 +24,18 @@ class Settings(BaseSettings):
     letta_base_url: str = Field(
         "http://localhost:8283", pattern=r"^https?://", description="The Letta server's base URL."
     )
-    letta_api_key: SecretStr | None = Field(None, description="Token sent to Letta (Letta Cloud or a secured server).")
+    letta_api_key: SecretStr | None = Field(
+        None, description="Token sent to Letta (Letta Cloud or a secured server)."
+    )
     letta_project: str | None = Field(None, description="Letta Cloud project, sent as the X-Project header.")
     letta_timeout: float = Field(
         300.0, gt=0, description="Seconds to wait for Letta: a whole turn, or the gap between stream events."
     )
     letta_connect_retries: int = Field(
-        2, ge=0, le=10, description="Retries, with backoff, of a turn whose connection to Letta failed before sending."
+        2,
+        ge=0,
+        le=10,
+        description="Retries, with backoff, of a turn whose connection to Letta failed before sending.",
     )
     proxy_host: str = Field("0.0.0.0", description="Address the proxy listens on.")
     proxy_port: int = Field(8080, ge=1, le=65535, description="Port the proxy listens on.")
@@ -38,11 +43,13 @@ class Settings(BaseSettings):
         default_factory=list, description="Accepted client keys, comma-separated. None: a key is generated."
     )
     proxy_api_key_file: Path = Field(
-        Path("proxy-api-key.json"), description="Where the generated key is kept when PROXY_API_KEYS is unset."
+        Path("proxy-api-key.json"),
+        description="Where the generated key is kept when PROXY_API_KEYS is unset.",
     )
     proxy_default_agent: str | None = Field(None, description="Agent used when a request names no model.")
     proxy_agents: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Allowlist of agent names or ids to expose, comma-separated; empty: all."
+        default_factory=list,
+        description="Allowlist of agent names or ids to expose, comma-separated; empty: all.",
     )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
@@ -58,12 +65,16 @@ class Settings(BaseSettings):
         30, ge=0, description="On SIGTERM, how long open requests may take to finish before they are cut."
     )
     proxy_cors_origins: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Origins allowed by CORS, comma-separated ('*' for any); empty: CORS off."
+        default_factory=list,
+        description="Origins allowed by CORS, comma-separated ('*' for any); empty: CORS off.",
     )
     proxy_tool_calls: ToolCallMode = Field(
-        "openai", description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop."
+        "openai",
+        description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop.",
     )
-    proxy_reasoning: bool = Field(False, description="Send the agent's reasoning as reasoning_content deltas.")
+    proxy_reasoning: bool = Field(
+        False, description="Send the agent's reasoning as reasoning_content deltas."
+    )
     proxy_log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )

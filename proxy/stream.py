@@ -90,7 +90,9 @@ async def sse_frames(
             elif (delta := translator.feed(event)) is not None:
                 yield header.chunk(delta)
         if translator.stop_reason is None:
-            raise upstream_failure("The Letta stream ended before the turn was complete.", code="upstream_disconnected")
+            raise upstream_failure(
+                "The Letta stream ended before the turn was complete.", code="upstream_disconnected"
+            )
         finished = True
         yield header.chunk(protocol.Delta(), translator.finish_reason)
         if include_usage and translator.usage is not None:

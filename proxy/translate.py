@@ -47,13 +47,18 @@ class Limits:
     image_bytes: int = 5 * 1024 * 1024
 
 
-def letta_messages(request: protocol.ChatCompletionRequest, limits: Limits = Limits()) -> list[MessageCreateParam]:
+def letta_messages(
+    request: protocol.ChatCompletionRequest, limits: Limits = Limits()
+) -> list[MessageCreateParam]:
     """The user turns after the last assistant message: the only part Letta has not seen yet."""
     if request.n is not None and request.n > 1:
         raise bad_request("Only n=1 is supported: a Letta agent gives one answer per turn.", param="n")
     if len(request.messages) > limits.messages:
-        raise bad_request(f"Too many messages: {len(request.messages)}, at most {limits.messages} are accepted.",
-                          param="messages", code="too_many_messages")
+        raise bad_request(
+            f"Too many messages: {len(request.messages)}, at most {limits.messages} are accepted.",
+            param="messages",
+            code="too_many_messages",
+        )
     last_assistant = max((i for i, m in enumerate(request.messages) if m.role == "assistant"), default=-1)
     turns: list[MessageCreateParam] = [
         {"role": "user", "content": _user_content(i, message, limits)}
@@ -66,8 +71,11 @@ def letta_messages(request: protocol.ChatCompletionRequest, limits: Limits = Lim
             param="messages",
         )
     if sum(_text_length(turn["content"]) for turn in turns) > limits.text_chars:
-        raise bad_request(f"The new user messages hold more than {limits.text_chars} characters of text.",
-                          param="messages", code="message_too_long")
+        raise bad_request(
+            f"The new user messages hold more than {limits.text_chars} characters of text.",
+            param="messages",
+            code="message_too_long",
+        )
     return turns
 
 
@@ -113,12 +121,16 @@ def _image(url: str, where: str, max_bytes: int) -> dict[str, Any]:
     media_type, _, encoding = header.removeprefix("data:").partition(";")
     if not (url.startswith("data:") and comma and encoding == "base64" and media_type.startswith("image/")):
         raise bad_request(
-            f"Unsupported image URL in {where}: only base64 data URLs (data:image/...;base64,...) are accepted.",
+            f"Unsupported image URL in {where}: "
+            "only base64 data URLs (data:image/...;base64,...) are accepted.",
             param=f"{where}.image_url.url",
         )
     if len(data) * 3 // 4 > max_bytes:
-        raise bad_request(f"The image in {where} is larger than {max_bytes} bytes.",
-                          param=f"{where}.image_url.url", code="image_too_large")
+        raise bad_request(
+            f"The image in {where} is larger than {max_bytes} bytes.",
+            param=f"{where}.image_url.url",
+            code="image_too_large",
+        )
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
 
 
@@ -161,13 +173,15 @@ class TurnTranslator:
             case "reasoning_message" if self.reasoning:
                 return self._reasoning_text(cast(ReasoningMessage, event).reasoning)
             case "stop_reason":
-                return self.stop(cast(str, getattr(event, "stop_reason")))
+                return self.stop(cast(str, event.stop_reason))
             case "usage_statistics":
                 self.count(cast(LettaUsageStatistics, event))
             case "error_message":
                 error = cast(LettaErrorMessage, event)
                 raise upstream_failure(
-                    _summary(f"Letta reported an error during the turn ({error.error_type}): {error.message}"),
+                    _summary(
+                        f"Letta reported an error during the turn ({error.error_type}): {error.message}"
+                    ),
                     code=error.error_type,
                 )
         return None

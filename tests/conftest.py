@@ -38,10 +38,13 @@ def agents_page(request: httpx.Request, agents: list[dict[str, Any]]) -> httpx.R
 def letta() -> Iterator[respx.MockRouter]:
     """A mocked Letta with the captured agent, answering turns with the captured sync response."""
     with respx.mock(base_url=LETTA, assert_all_called=False) as router:
-        router.get("/v1/agents/", name="agents").mock(side_effect=lambda request: agents_page(request, [AGENT]))
+        router.get("/v1/agents/", name="agents").mock(
+            side_effect=lambda request: agents_page(request, [AGENT])
+        )
         router.post(f"/v1/agents/{AGENT['id']}/messages", name="send").mock(
-            return_value=httpx.Response(200, content=raw("send_message.json"),
-                                        headers={"content-type": "application/json"})
+            return_value=httpx.Response(
+                200, content=raw("send_message.json"), headers={"content-type": "application/json"}
+            )
         )
         yield router
 

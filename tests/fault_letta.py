@@ -19,8 +19,16 @@ STREAM = sse_data("stream_tokens.sse")
 STATUSES = (401, 404, 409, 422, 429, 500, 503)
 STOP_REASONS = ("error", "max_steps", "requires_approval")
 SCENARIOS = (
-    "ok", "hang", "invalid-json", "cut-stream", "garbage-stream", "endless-stream", "slow-stream", "error-event",
-    *(f"status-{code}" for code in STATUSES), *(f"stop-{reason}" for reason in STOP_REASONS),
+    "ok",
+    "hang",
+    "invalid-json",
+    "cut-stream",
+    "garbage-stream",
+    "endless-stream",
+    "slow-stream",
+    "error-event",
+    *(f"status-{code}" for code in STATUSES),
+    *(f"stop-{reason}" for reason in STOP_REASONS),
 )
 SLOW_GAP = 0.3  # seconds between events of the slow stream
 
@@ -97,8 +105,14 @@ class FaultLetta:
         finally:
             self.in_flight -= 1
 
-    async def _answer(self, method: str, path: str, body: dict[str, Any], reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> bool:
+    async def _answer(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> bool:
         if path.startswith("/v1/agents/?") or path == "/v1/agents/":
             return await _json(writer, 200, [] if "after=" in path else agents())
         if path == "/v1/health/":
@@ -119,12 +133,19 @@ class FaultLetta:
         if body.get("streaming"):
             return await self._stream(scenario, reader, writer)
         if scenario.startswith("stop-"):
-            return await _json(writer, 200, {**SYNC, "stop_reason": {"message_type": "stop_reason",
-                                                                      "stop_reason": scenario[5:]}})
+            return await _json(
+                writer,
+                200,
+                {**SYNC, "stop_reason": {"message_type": "stop_reason", "stop_reason": scenario[5:]}},
+            )
         return await _send(writer, 200, "application/json", raw("send_message.json"))
 
-    async def _stream(self, scenario: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    async def _stream(
+        self, scenario: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
 
         async def chunk(data: bytes) -> None:
             writer.write(b"%x\r\n%s\r\n" % (len(data), data))
@@ -132,14 +153,21 @@ class FaultLetta:
 
         events = _with_stop(scenario[5:]) if scenario.startswith("stop-") else STREAM
         if scenario == "error-event":
-            events = [*STREAM[:3], {"message_type": "error_message", "error_type": "internal_error",
-                                    "message": "An error occurred during agent execution.", "run_id": "run-x"}]
+            events = [
+                *STREAM[:3],
+                {
+                    "message_type": "error_message",
+                    "error_type": "internal_error",
+                    "message": "An error occurred during agent execution.",
+                    "run_id": "run-x",
+                },
+            ]
         for index, data in enumerate(events):
             await chunk(_event(data))
             if scenario == "slow-stream":
                 await asyncio.sleep(SLOW_GAP)
             if index == 2 and scenario == "cut-stream":
-                writer.write(b"40\r\ndata: {\"message_type\": \"assistant_mes")
+                writer.write(b'40\r\ndata: {"message_type": "assistant_mes')
                 await writer.drain()
                 return False  # closed mid-chunk: the body never completes
             if index == 2 and scenario == "garbage-stream":
@@ -157,7 +185,9 @@ async def _json(writer: asyncio.StreamWriter, status: int, payload: object) -> b
 
 
 async def _send(writer: asyncio.StreamWriter, status: int, media_type: str, body: bytes) -> bool:
-    writer.write(b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-                 % (status, media_type.encode(), len(body), body))
+    writer.write(
+        b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
+        % (status, media_type.encode(), len(body), body)
+    )
     await writer.drain()
     return True

@@ -1,4 +1,4 @@
-"""Real Letta wire captures (tests/fixtures, copied from ../shared/letta-server/captures), as data and as SDK objects."""
+"""Real Letta wire captures (tests/fixtures, from ../shared/letta-server/captures): data and SDK objects."""
 
 import json
 from copy import deepcopy

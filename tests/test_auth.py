@@ -45,31 +45,37 @@ def test_an_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
         load_keys(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path))
 
 
-@pytest.mark.parametrize("headers, key", [
-    ({"authorization": "Bearer sk-1"}, b"sk-1"),
-    ({"authorization": "bearer sk-1"}, b"sk-1"),
-    ({"x-api-key": "sk-2"}, b"sk-2"),
-    ({"authorization": "Bearer sk-1", "x-api-key": "sk-1"}, b"sk-1"),
-    ({"authorization": "Basic x", "x-api-key": "sk-2"}, b"sk-2"),
-])
+@pytest.mark.parametrize(
+    "headers, key",
+    [
+        ({"authorization": "Bearer sk-1"}, b"sk-1"),
+        ({"authorization": "bearer sk-1"}, b"sk-1"),
+        ({"x-api-key": "sk-2"}, b"sk-2"),
+        ({"authorization": "Bearer sk-1", "x-api-key": "sk-1"}, b"sk-1"),
+        ({"authorization": "Basic x", "x-api-key": "sk-2"}, b"sk-2"),
+    ],
+)
 def test_the_presented_key_comes_from_bearer_or_x_api_key(headers: dict[str, str], key: bytes) -> None:
     """Only the two documented headers carry a key."""
     assert presented_key(headers) == key
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"authorization": "Basic sk-1"},
-    {"authorization": "Bearer "},
-    {"authorization": "Bearer"},
-    {"authorization": "sk-1"},
-    {"authorization": "Bearer  sk-1"},
-    {"authorization": "Bearer sk-1 extra"},
-    {"x-api-key": "sk-1\t"},
-    {"x-api-key": ""},
-    {"authorization": "Bearer sk-1", "x-api-key": "sk-2"},
-    {"authorization": "Bearer " + "k" * 257},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"authorization": "Basic sk-1"},
+        {"authorization": "Bearer "},
+        {"authorization": "Bearer"},
+        {"authorization": "sk-1"},
+        {"authorization": "Bearer  sk-1"},
+        {"authorization": "Bearer sk-1 extra"},
+        {"x-api-key": "sk-1\t"},
+        {"x-api-key": ""},
+        {"authorization": "Bearer sk-1", "x-api-key": "sk-2"},
+        {"authorization": "Bearer " + "k" * 257},
+    ],
+)
 def test_malformed_or_ambiguous_keys_are_not_presented(headers: dict[str, str]) -> None:
     """Wrong scheme, empty bearer, whitespace, two disagreeing headers, over-long keys: no key at all."""
     assert presented_key(headers) is None

@@ -33,8 +33,9 @@ def fault() -> Iterator[FaultLetta]:
 @pytest.fixture
 def proxy(fault: FaultLetta, tmp_path: Path) -> Iterator[TestClient]:
     """The app in front of the fault server; on the way out, proof that nothing upstream was left open."""
-    settings = make_settings(tmp_path, letta_base_url=fault.url, letta_timeout=TIMEOUT,
-                             proxy_keepalive_seconds=0.1)
+    settings = make_settings(
+        tmp_path, letta_base_url=fault.url, letta_timeout=TIMEOUT, proxy_keepalive_seconds=0.1
+    )
     with TestClient(create_app(settings), timeout=30) as client:
         client.headers["X-Api-Key"] = KEY
         yield client
@@ -54,8 +55,10 @@ def _settles(condition: Any, seconds: float = 3.0) -> bool:
 
 def chat(client: TestClient, agent: str, stream: bool = False) -> Any:
     started = time.monotonic()
-    response = client.post("/v1/chat/completions", json={
-        "model": agent, "stream": stream, "messages": [{"role": "user", "content": "hello"}]})
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": agent, "stream": stream, "messages": [{"role": "user", "content": "hello"}]},
+    )
     assert time.monotonic() - started < DEADLINE, "the proxy waited past its timeout"
     return response
 
@@ -85,7 +88,9 @@ def test_refused_connections_are_a_503(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    settings = make_settings(tmp_path, letta_base_url=f"http://127.0.0.1:{closed_port}", letta_connect_retries=1)
+    settings = make_settings(
+        tmp_path, letta_base_url=f"http://127.0.0.1:{closed_port}", letta_connect_retries=1
+    )
     with TestClient(create_app(settings)) as client:
         client.headers["X-Api-Key"] = KEY
         assert error_of(chat(client, "ok"), 503)["code"] == "upstream_unavailable"
@@ -164,8 +169,11 @@ def test_stop_reason_max_steps_is_finish_length(proxy: TestClient, stream: bool)
     """A turn cut by Letta's step limit is finish_reason length, with its text."""
     response = chat(proxy, "stop-max_steps", stream=stream)
     if stream:
-        finishes = [json.loads(f[6:])["choices"][0]["finish_reason"] for f in frames(response)
-                    if f.startswith("data: {")]
+        finishes = [
+            json.loads(f[6:])["choices"][0]["finish_reason"]
+            for f in frames(response)
+            if f.startswith("data: {")
+        ]
         assert finishes[-1] == "length"
     else:
         assert response.json()["choices"][0]["finish_reason"] == "length"

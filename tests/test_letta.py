@@ -53,16 +53,20 @@ def test_a_stream_yields_every_event_after_opening(tmp_path: Path, letta: respx.
     letta["send"].mock(return_value=sse("stream_tokens.sse"))
 
     async def read_all(client: Letta) -> list[str]:
-        return [getattr(e, "message_type") async for e in await client.stream(BOT, TURN)]
+        return [e.message_type async for e in await client.stream(BOT, TURN)]
 
     kinds = run(tmp_path, read_all)
     assert kinds == ["ping"] + ["assistant_message"] * 6 + ["stop_reason", "usage_statistics"]
 
 
-def test_an_error_event_before_anything_else_fails_the_opening(tmp_path: Path, letta: respx.MockRouter) -> None:
+def test_an_error_event_before_anything_else_fails_the_opening(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
     """Letta's SSE `event: error` as the first thing is an HTTP error, raised before a 200 could go out."""
     body = b'event: error\ndata: {"detail": "agent is busy"}\n\n'
-    letta["send"].mock(return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+    letta["send"].mock(
+        return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
     with pytest.raises(ProxyError) as caught:
         run(tmp_path, lambda client: client.stream(BOT, TURN))
     assert caught.value.status == 502 and not caught.value.retry_safe
@@ -71,7 +75,9 @@ def test_an_error_event_before_anything_else_fails_the_opening(tmp_path: Path, l
 def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta: respx.MockRouter) -> None:
     """Garbage from Letta in the middle of a stream becomes a 502 error, not a crash."""
     body = raw("stream_tokens.sse").replace(b'"content":" me"}', b'"content":" me"', 1)
-    letta["send"].mock(return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"}))
+    letta["send"].mock(
+        return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
+    )
 
     async def read_all(client: Letta) -> None:
         async for _ in await client.stream(BOT, TURN):
@@ -85,8 +91,9 @@ def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta
 def test_agents_are_matched_by_name_or_id(tmp_path: Path, letta: respx.MockRouter) -> None:
     """The allowlist accepts ids as well as names."""
     other = {**AGENT, "id": "agent-other", "name": "other"}
-    letta["agents"].mock(side_effect=lambda r: httpx.Response(200, json=[] if "after" in r.url.params
-                                                               else [AGENT, other]))
+    letta["agents"].mock(
+        side_effect=lambda r: httpx.Response(200, json=[] if "after" in r.url.params else [AGENT, other])
+    )
     agents = run(tmp_path, lambda client: client.agents(), proxy_agents=f"{AGENT['id']}")
     assert [a.name for a in agents] == [AGENT["name"]]
 

@@ -36,17 +36,23 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
 # --- auth ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"Authorization": "Bearer wrong"},
-    {"Authorization": f"Basic {KEY}"},
-    {"Authorization": "Bearer "},
-    {"X-Api-Key": "wrong"},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": f"Basic {KEY}"},
+        {"Authorization": "Bearer "},
+        {"X-Api-Key": "wrong"},
+    ],
+)
 def test_requests_without_a_valid_key_are_refused(client: TestClient, headers: dict[str, str]) -> None:
     """Every /v1 route answers 401 in OpenAI's shape without a valid key."""
     del client.headers["Authorization"]
-    for response in (client.get("/v1/models", headers=headers), client.post(CHAT, json=HELLO, headers=headers)):
+    for response in (
+        client.get("/v1/models", headers=headers),
+        client.post(CHAT, json=HELLO, headers=headers),
+    ):
         assert_openai_error(response, 401, "invalid_api_key")
 
 
@@ -57,8 +63,9 @@ def test_the_key_is_checked_before_the_body(client: TestClient, letta: respx.Moc
     assert not letta["send"].called
 
 
-@pytest.mark.parametrize("headers", [{"Authorization": f"Bearer {KEY}"}, {"X-Api-Key": KEY},
-                                     {"authorization": f"bearer {KEY}"}])
+@pytest.mark.parametrize(
+    "headers", [{"Authorization": f"Bearer {KEY}"}, {"X-Api-Key": KEY}, {"authorization": f"bearer {KEY}"}]
+)
 def test_either_header_carries_the_key(client: TestClient, headers: dict[str, str]) -> None:
     """Bearer (any case of the scheme) and X-Api-Key are both accepted."""
     del client.headers["Authorization"]
@@ -70,8 +77,10 @@ def test_either_header_carries_the_key(client: TestClient, headers: dict[str, st
 
 def test_models_lists_agents_by_name_with_their_creation_time(client: TestClient) -> None:
     """The captured agent is listed as an OpenAI model."""
-    assert client.get("/v1/models").json() == {"object": "list", "data": [
-        {"id": "proxy-test-agent", "object": "model", "created": 1795405557, "owned_by": "letta"}]}
+    assert client.get("/v1/models").json() == {
+        "object": "list",
+        "data": [{"id": "proxy-test-agent", "object": "model", "created": 1795405557, "owned_by": "letta"}],
+    }
 
 
 def test_the_allowlist_hides_other_agents(tmp_path: Path, letta: respx.MockRouter) -> None:
@@ -98,9 +107,17 @@ def test_the_agent_list_is_cached(tmp_path: Path, letta: respx.MockRouter) -> No
 
 def test_only_the_new_user_turns_reach_letta(client: TestClient, letta: respx.MockRouter) -> None:
     """History before the last assistant message is not replayed to the agent."""
-    body = {"model": AGENT["name"], "temperature": 0.2, "tools": [], "messages": [
-        {"role": "system", "content": "sys"}, {"role": "user", "content": "old"},
-        {"role": "assistant", "content": "reply"}, {"role": "user", "content": "new"}]}
+    body = {
+        "model": AGENT["name"],
+        "temperature": 0.2,
+        "tools": [],
+        "messages": [
+            {"role": "system", "content": "sys"},
+            {"role": "user", "content": "old"},
+            {"role": "assistant", "content": "reply"},
+            {"role": "user", "content": "new"},
+        ],
+    }
     assert client.post(CHAT, json=body).status_code == 200
     assert sent_body(letta) == {"messages": [{"role": "user", "content": "new"}]}
 
@@ -110,12 +127,17 @@ def test_a_sync_turn_answers_a_chat_completion(client: TestClient) -> None:
     answer = client.post(CHAT, json=HELLO).json()
     assert answer["object"] == "chat.completion" and answer["model"] == "proxy-test-agent"
     assert answer["id"].startswith("chatcmpl-")
-    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "Echo: hello from the proxy test"}
+    assert answer["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "Echo: hello from the proxy test",
+    }
     assert answer["usage"] == {"prompt_tokens": 712, "completion_tokens": 7, "total_tokens": 719}
 
 
 @pytest.mark.parametrize("model", [AGENT["id"], None])
-def test_model_may_be_the_agent_id_or_omitted(client: TestClient, letta: respx.MockRouter, model: str) -> None:
+def test_model_may_be_the_agent_id_or_omitted(
+    client: TestClient, letta: respx.MockRouter, model: str
+) -> None:
     """An agent id works as a model, and no model means the first agent."""
     body = {"messages": HELLO["messages"], **({"model": model} if model else {})}
     assert client.post(CHAT, json=body).json()["model"] == "proxy-test-agent"
@@ -126,8 +148,9 @@ def test_the_default_agent_setting_is_used_without_a_model(tmp_path: Path, letta
     """PROXY_DEFAULT_AGENT picks the agent for requests that name none."""
     other = {**AGENT, "id": "agent-other", "name": "other"}
     letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
-    route = letta.post("/v1/agents/agent-other/messages").mock(return_value=httpx.Response(
-        200, json=wire("send_message.json")))
+    route = letta.post("/v1/agents/agent-other/messages").mock(
+        return_value=httpx.Response(200, json=wire("send_message.json"))
+    )
     with TestClient(create_app(make_settings(tmp_path, proxy_default_agent="other"))) as client:
         client.headers["X-Api-Key"] = KEY
         assert client.post(CHAT, json={"messages": HELLO["messages"]}).json()["model"] == "other"
@@ -143,20 +166,28 @@ def test_an_unknown_model_is_a_404_and_reaches_no_agent(client: TestClient, lett
 # --- chat: streaming -----------------------------------------------------------------------------
 
 
-def test_a_streamed_turn_asks_letta_for_tokens_and_relays_them(client: TestClient, letta: respx.MockRouter) -> None:
+def test_a_streamed_turn_asks_letta_for_tokens_and_relays_them(
+    client: TestClient, letta: respx.MockRouter
+) -> None:
     """stream=true opens Letta's token stream and answers SSE chunks ending in [DONE]."""
     letta["send"].mock(return_value=sse("stream_tokens.sse"))
     response = client.post(CHAT, json={**HELLO, "stream": True})
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert sent_body(letta) == {"messages": [{"role": "user", "content": "hello"}], "streaming": True,
-                                "stream_tokens": True, "include_pings": True}
+    assert sent_body(letta) == {
+        "messages": [{"role": "user", "content": "hello"}],
+        "streaming": True,
+        "stream_tokens": True,
+        "include_pings": True,
+    }
     frames = [line for line in response.text.split("\n\n") if line]
     assert frames[-1] == "data: [DONE]"
     text = "".join(json.loads(f[6:])["choices"][0]["delta"].get("content", "") for f in frames[:-1])
     assert text == "Echo: stream me token by token"
 
 
-def test_a_stream_that_fails_to_open_is_a_real_http_error(client: TestClient, letta: respx.MockRouter) -> None:
+def test_a_stream_that_fails_to_open_is_a_real_http_error(
+    client: TestClient, letta: respx.MockRouter
+) -> None:
     """Letta refusing the turn before streaming gives an HTTP error status, not a 200 with an error inside."""
     letta["send"].mock(return_value=httpx.Response(500, json={"detail": "database is down"}))
     response = client.post(CHAT, json={**HELLO, "stream": True})
@@ -168,14 +199,26 @@ def test_a_stream_that_fails_to_open_is_a_real_http_error(client: TestClient, le
 # --- errors --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("side_effect, status, code, retry", [
-    (httpx.ReadTimeout("slow"), 504, "upstream_timeout", "false"),
-    (httpx.Response(500, json={"detail": "boom"}), 502, "upstream_error", "false"),
-    (httpx.Response(422, json={"detail": "bad content"}), 502, "upstream_error", "false"),
-    (httpx.Response(200, json={**wire("send_message.json"),
-                               "stop_reason": {"message_type": "stop_reason", "stop_reason": "llm_api_error"}}),
-     502, "llm_api_error", "false"),
-])
+@pytest.mark.parametrize(
+    "side_effect, status, code, retry",
+    [
+        (httpx.ReadTimeout("slow"), 504, "upstream_timeout", "false"),
+        (httpx.Response(500, json={"detail": "boom"}), 502, "upstream_error", "false"),
+        (httpx.Response(422, json={"detail": "bad content"}), 502, "upstream_error", "false"),
+        (
+            httpx.Response(
+                200,
+                json={
+                    **wire("send_message.json"),
+                    "stop_reason": {"message_type": "stop_reason", "stop_reason": "llm_api_error"},
+                },
+            ),
+            502,
+            "llm_api_error",
+            "false",
+        ),
+    ],
+)
 def test_upstream_faults_get_clear_statuses(
     client: TestClient, letta: respx.MockRouter, side_effect: Any, status: int, code: str, retry: str | None
 ) -> None:
@@ -187,8 +230,10 @@ def test_upstream_faults_get_clear_statuses(
     assert "Traceback" not in response.text
 
 
-def test_a_refused_connection_is_retried_then_a_retryable_503(client: TestClient, letta: respx.MockRouter) -> None:
-    """A turn that could not even connect never reached the agent: retried here, and safe for the client to retry."""
+def test_a_refused_connection_is_retried_then_a_retryable_503(
+    client: TestClient, letta: respx.MockRouter
+) -> None:
+    """A turn that could not even connect never reached the agent: retried here, and safe to retry."""
     letta["send"].mock(side_effect=httpx.ConnectError("refused"))
     response = client.post(CHAT, json=HELLO)
     assert_openai_error(response, 503, "upstream_unavailable")
@@ -216,13 +261,18 @@ def test_an_agent_deleted_in_letta_is_a_404(client: TestClient, letta: respx.Moc
     assert_openai_error(client.post(CHAT, json=HELLO), 404, "model_not_found")
 
 
-@pytest.mark.parametrize("body, param", [
-    ({"messages": "hi"}, "messages"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
-    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
-    ({"model": AGENT["name"]}, "messages"),
-])
-def test_wrong_types_are_a_400_naming_the_field(client: TestClient, body: dict[str, Any], param: str | None) -> None:
+@pytest.mark.parametrize(
+    "body, param",
+    [
+        ({"messages": "hi"}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages[0].role"),
+        ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+        ({"model": AGENT["name"]}, "messages"),
+    ],
+)
+def test_wrong_types_are_a_400_naming_the_field(
+    client: TestClient, body: dict[str, Any], param: str | None
+) -> None:
     """Malformed requests are the client's error, with the offending field named where there is one."""
     error = assert_openai_error(client.post(CHAT, json=body), 400)
     assert error["param"] == param and error["type"] == "invalid_request_error"
@@ -230,7 +280,9 @@ def test_wrong_types_are_a_400_naming_the_field(client: TestClient, body: dict[s
 
 def test_malformed_json_is_a_400(client: TestClient) -> None:
     """A body that is not JSON is a 400, never a 500."""
-    assert_openai_error(client.post(CHAT, content=b"{nope", headers={"content-type": "application/json"}), 400)
+    assert_openai_error(
+        client.post(CHAT, content=b"{nope", headers={"content-type": "application/json"}), 400
+    )
 
 
 def test_bodies_over_the_limit_are_a_413(tmp_path: Path, letta: respx.MockRouter) -> None:

@@ -29,7 +29,10 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.delenv(name)
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (settings.letta_base_url, settings.proxy_host, settings.proxy_port) == (
-        "http://localhost:8283", "0.0.0.0", 8080)
+        "http://localhost:8283",
+        "0.0.0.0",
+        8080,
+    )
     assert settings.proxy_api_keys == [] and settings.proxy_tool_calls == "openai"
 
 
@@ -45,8 +48,14 @@ def test_a_bad_value_is_described_by_its_variable_without_its_value(monkeypatch:
 def test_start_up_with_a_bad_value_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     """A real start of the command fails fast with one readable line."""
     env = {**os.environ, "PROXY_TOOL_CALLS": "sometimes", "PROXY_API_KEY_FILE": str(tmp_path / "k.json")}
-    done = subprocess.run([sys.executable, "-m", "proxy"], cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("invalid setting PROXY_TOOL_CALLS:") and "Traceback" not in done.stderr

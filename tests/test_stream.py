@@ -20,10 +20,20 @@ async def _source(items: list[Any], fail_with: Exception | None = None) -> Async
         raise fail_with
 
 
-def stream(source: AsyncGenerator[object, None], include_usage: bool = True, idle_seconds: float = 60,
-           abandoned: list[bool] | None = None) -> AsyncIterator[bytes]:
-    return sse_frames(source, TurnTranslator(), HEADER, include_usage=include_usage, idle_seconds=idle_seconds,
-                      on_abandon=lambda: (abandoned if abandoned is not None else []).append(True))
+def stream(
+    source: AsyncGenerator[object, None],
+    include_usage: bool = True,
+    idle_seconds: float = 60,
+    abandoned: list[bool] | None = None,
+) -> AsyncIterator[bytes]:
+    return sse_frames(
+        source,
+        TurnTranslator(),
+        HEADER,
+        include_usage=include_usage,
+        idle_seconds=idle_seconds,
+        on_abandon=lambda: (abandoned if abandoned is not None else []).append(True),
+    )
 
 
 def frames(items: list[Any], include_usage: bool = True, fail_with: Exception | None = None) -> list[bytes]:
@@ -34,8 +44,14 @@ def frames(items: list[Any], include_usage: bool = True, fail_with: Exception | 
 
 
 def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-    body = {"object": "chat.completion.chunk", "id": "chatcmpl-test", "created": 1700000000, "model": "bot",
-            "choices": choices, **extra}
+    body = {
+        "object": "chat.completion.chunk",
+        "id": "chatcmpl-test",
+        "created": 1700000000,
+        "model": "bot",
+        "choices": choices,
+        **extra,
+    }
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
@@ -66,10 +82,16 @@ def test_an_error_mid_stream_is_one_error_frame_then_done() -> None:
     failure = event({"message_type": "stop_reason", "stop_reason": "llm_api_error"})
     out = frames([*events("stream_tokens.sse")[:3], failure])
     assert out[-1] == DONE
-    error = json.loads(out[-2][len(b"data: "):])
-    assert error == {"error": {"message": "The agent's turn failed in Letta (stop reason 'llm_api_error').",
-                               "type": "server_error", "param": None, "code": "llm_api_error"}}
-    assert b"finish_reason\":\"stop" not in b"".join(out)
+    error = json.loads(out[-2][len(b"data: ") :])
+    assert error == {
+        "error": {
+            "message": "The agent's turn failed in Letta (stop reason 'llm_api_error').",
+            "type": "server_error",
+            "param": None,
+            "code": "llm_api_error",
+        }
+    }
+    assert b'finish_reason":"stop' not in b"".join(out)
 
 
 def test_an_upstream_failure_raised_by_the_source_is_reported_in_band() -> None:
@@ -129,8 +151,11 @@ def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
 
     out = asyncio.run(collect())
     assert out.count(KEEPALIVE) >= 2
-    content = [json.loads(f[6:])["choices"][0]["delta"].get("content") for f in out if f.startswith(b"data: {")
-               and json.loads(f[6:])["choices"]]
+    content = [
+        json.loads(f[6:])["choices"][0]["delta"].get("content")
+        for f in out
+        if f.startswith(b"data: {") and json.loads(f[6:])["choices"]
+    ]
     assert "".join(c for c in content if c) == "Echo: stream me token by token"
     assert out[-1] == DONE
 

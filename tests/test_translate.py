@@ -34,14 +34,16 @@ def deltas(translator: TurnTranslator, feed: list[object]) -> list[protocol.Delt
 
 def test_only_user_turns_after_the_last_assistant_message_are_forwarded() -> None:
     """History the agent already has (before the last assistant message) is never replayed."""
-    body = request(messages=[
-        {"role": "system", "content": "be nice"},
-        {"role": "user", "content": "old"},
-        {"role": "assistant", "content": "answer"},
-        {"role": "user", "content": "first new"},
-        {"role": "tool", "content": "ignored"},
-        {"role": "user", "content": "second new"},
-    ])
+    body = request(
+        messages=[
+            {"role": "system", "content": "be nice"},
+            {"role": "user", "content": "old"},
+            {"role": "assistant", "content": "answer"},
+            {"role": "user", "content": "first new"},
+            {"role": "tool", "content": "ignored"},
+            {"role": "user", "content": "second new"},
+        ]
+    )
     assert letta_messages(body) == [
         {"role": "user", "content": "first new"},
         {"role": "user", "content": "second new"},
@@ -50,15 +52,23 @@ def test_only_user_turns_after_the_last_assistant_message_are_forwarded() -> Non
 
 def test_a_conversation_without_assistant_messages_forwards_every_user_turn() -> None:
     """A first request sends all its user turns, not just the last."""
-    body = request(messages=[{"role": "system", "content": "s"}, {"role": "user", "content": "a"},
-                             {"role": "user", "content": "b"}])
+    body = request(
+        messages=[
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "a"},
+            {"role": "user", "content": "b"},
+        ]
+    )
     assert [m["content"] for m in letta_messages(body)] == ["a", "b"]
 
 
-@pytest.mark.parametrize("messages", [
-    [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
-    [{"role": "system", "content": "only a system prompt"}],
-])
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}],
+        [{"role": "system", "content": "only a system prompt"}],
+    ],
+)
 def test_no_new_user_turn_is_a_400(messages: list[dict[str, str]]) -> None:
     """Nothing new to send is the client's mistake, said as such."""
     with pytest.raises(ProxyError) as caught:
@@ -75,28 +85,55 @@ def test_n_above_one_is_refused() -> None:
 
 def test_text_parts_are_joined_into_one_string() -> None:
     """A list of text parts reaches Letta as the plain text it shows best."""
-    body = request(messages=[{"role": "user", "content": [{"type": "text", "text": "one"},
-                                                           {"type": "text", "text": "two"}]}])
+    body = request(
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]}
+        ]
+    )
     assert letta_messages(body) == [{"role": "user", "content": "one\ntwo"}]
 
 
 def test_a_data_url_image_becomes_letta_image_content_in_order() -> None:
     """Inline images are passed as Letta base64 image parts, beside the text, in the client's order."""
-    body = request(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-    ]}])
-    assert letta_messages(body) == [{"role": "user", "content": [
-        {"type": "text", "text": "what is this?"},
-        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
-    ]}]
+    body = request(
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                ],
+            }
+        ]
+    )
+    assert letta_messages(body) == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "what is this?"},
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="},
+                },
+            ],
+        }
+    ]
 
 
-@pytest.mark.parametrize("part, param", [
-    ({"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}, "messages[0].content[0].image_url.url"),
-    ({"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}}, "messages[0].content[0].image_url.url"),
-    ({"type": "input_audio", "input_audio": {"data": "x"}}, "messages[0].content[0].type"),
-])
+@pytest.mark.parametrize(
+    "part, param",
+    [
+        (
+            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+            "messages[0].content[0].image_url.url",
+        ),
+        (
+            {"type": "image_url", "image_url": {"url": "data:text/plain;base64,aGk="}},
+            "messages[0].content[0].image_url.url",
+        ),
+        ({"type": "input_audio", "input_audio": {"data": "x"}}, "messages[0].content[0].type"),
+    ],
+)
 def test_unsupported_parts_are_a_400_naming_the_part(part: dict[str, object], param: str) -> None:
     """Remote image URLs and unknown part types are refused, never silently dropped."""
     with pytest.raises(ProxyError) as caught:
@@ -119,26 +156,43 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
     """Text, finish reason and Letta's own token counts come through as OpenAI's fields."""
     result = completion(response("send_message.json"), TurnTranslator(), "chatcmpl-1", 7, "bot")
     assert msgspec.to_builtins(result) == {
-        "object": "chat.completion", "id": "chatcmpl-1", "created": 7, "model": "bot",
-        "choices": [{"index": 0, "logprobs": None, "finish_reason": "stop",
-                     "message": {"role": "assistant", "content": "Echo: hello from the proxy test"}}],
+        "object": "chat.completion",
+        "id": "chatcmpl-1",
+        "created": 7,
+        "model": "bot",
+        "choices": [
+            {
+                "index": 0,
+                "logprobs": None,
+                "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "Echo: hello from the proxy test"},
+            }
+        ],
         "usage": {"prompt_tokens": 712, "completion_tokens": 7, "total_tokens": 719},
     }
 
 
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
     """The agent's tool call is an OpenAI tool call; the tool's result is not shown."""
-    message = completion(response("send_message_tool_call.json"), TurnTranslator(), "c", 0, "bot").choices[0].message
+    message = (
+        completion(response("send_message_tool_call.json"), TurnTranslator(), "c", 0, "bot")
+        .choices[0]
+        .message
+    )
     assert message.content == "Echo: /tool proxy"
-    assert message.tool_calls == [protocol.ToolCall(
-        id="call_498dbaf8c8074b708868",
-        function=protocol.FunctionCall(name="conversation_search", arguments='{"query": "proxy"}'),
-    )]
+    assert message.tool_calls == [
+        protocol.ToolCall(
+            id="call_498dbaf8c8074b708868",
+            function=protocol.FunctionCall(name="conversation_search", arguments='{"query": "proxy"}'),
+        )
+    ]
 
 
 def test_reasoning_is_dropped_unless_asked_for() -> None:
     """A memgpt agent's reasoning stays private by default and is reasoning_content when enabled."""
-    hidden = completion(response("send_message_memgpt_v2.json"), TurnTranslator(), "c", 0, "m").choices[0].message
+    hidden = (
+        completion(response("send_message_memgpt_v2.json"), TurnTranslator(), "c", 0, "m").choices[0].message
+    )
     shown = completion(response("send_message_memgpt_v2.json"), TurnTranslator(reasoning=True), "c", 0, "m")
     assert (hidden.content, hidden.reasoning_content) == ("Echo: hello memgpt", None)
     assert shown.choices[0].message.reasoning_content == "The user said 'hello memgpt'. I will echo it back."
@@ -175,8 +229,12 @@ def test_streamed_tool_call_fragments_stay_one_call() -> None:
     out = deltas(TurnTranslator(), events(TOOL_STREAM))
     calls = [call for d in out for call in d.tool_calls or []]
     assert [msgspec.to_builtins(call) for call in calls] == [
-        {"index": 0, "id": "call_4b32ae8f8c024ffa8c26", "type": "function",
-         "function": {"name": "conversation_search", "arguments": ""}},
+        {
+            "index": 0,
+            "id": "call_4b32ae8f8c024ffa8c26",
+            "type": "function",
+            "function": {"name": "conversation_search", "arguments": ""},
+        },
         {"index": 0, "function": {"arguments": '{"query": "h'}},
         {"index": 0, "function": {"arguments": 'ello"}'}},
     ]
@@ -197,7 +255,10 @@ def test_two_tool_calls_get_distinct_indexes() -> None:
     ]
     out = deltas(TurnTranslator(), feed)
     assert [(c.index, c.id) for d in out for c in d.tool_calls or []] == [
-        (0, "call_4b32ae8f8c024ffa8c26"), (1, "call_second"), (1, None)]
+        (0, "call_4b32ae8f8c024ffa8c26"),
+        (1, "call_second"),
+        (1, None),
+    ]
 
 
 def test_tool_calls_can_be_shown_as_reasoning_or_dropped() -> None:
@@ -220,11 +281,19 @@ def test_hidden_reasoning_tool_returns_and_pings_never_become_output() -> None:
 # --- how a turn ends -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reason, finish", [
-    ("end_turn", "stop"), ("no_tool_call", "stop"), ("tool_rule", "stop"), ("cancelled", "stop"),
-    ("max_steps", "length"), ("max_tokens_exceeded", "length"),
-    ("context_window_overflow_in_system_prompt", "length"), ("requires_approval", "stop"),
-])
+@pytest.mark.parametrize(
+    "reason, finish",
+    [
+        ("end_turn", "stop"),
+        ("no_tool_call", "stop"),
+        ("tool_rule", "stop"),
+        ("cancelled", "stop"),
+        ("max_steps", "length"),
+        ("max_tokens_exceeded", "length"),
+        ("context_window_overflow_in_system_prompt", "length"),
+        ("requires_approval", "stop"),
+    ],
+)
 def test_every_stop_reason_maps_to_an_openai_finish_reason(reason: str, finish: str) -> None:
     """finish_reason is always one of OpenAI's values."""
     translator = TurnTranslator()
@@ -238,8 +307,9 @@ def test_waiting_for_approval_is_explained_in_the_answer() -> None:
     assert delta is not None and delta.content == APPROVAL_NOTE
 
 
-@pytest.mark.parametrize("reason", ["error", "llm_api_error", "invalid_llm_response", "invalid_tool_call",
-                                    "insufficient_credits"])
+@pytest.mark.parametrize(
+    "reason", ["error", "llm_api_error", "invalid_llm_response", "invalid_tool_call", "insufficient_credits"]
+)
 def test_failed_turns_are_upstream_errors_that_must_not_be_retried(reason: str) -> None:
     """A failed turn reached the agent: it is a 502 that tells clients not to resend it."""
     with pytest.raises(ProxyError) as caught:
@@ -249,8 +319,12 @@ def test_failed_turns_are_upstream_errors_that_must_not_be_retried(reason: str) 
 
 def test_an_error_event_in_the_stream_is_an_upstream_error() -> None:
     """Letta's `error_message` event ends the turn as an error carrying Letta's error type."""
-    data = {"message_type": "error_message", "error_type": "llm_error", "message": "model overloaded",
-            "run_id": "run-1"}
+    data = {
+        "message_type": "error_message",
+        "error_type": "llm_error",
+        "message": "model overloaded",
+        "run_id": "run-1",
+    }
     with pytest.raises(ProxyError) as caught:
         TurnTranslator().feed(event(data))
     assert caught.value.code == "llm_error" and "model overloaded" in caught.value.message
@@ -267,14 +341,32 @@ def test_usage_total_is_derived_when_letta_leaves_it_out() -> None:
 # --- limits --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("limits, messages, code", [
-    (Limits(messages=2), [{"role": "user", "content": "x"}] * 3, "too_many_messages"),
-    (Limits(text_chars=5), [{"role": "user", "content": "abc"}, {"role": "user", "content": "def"}],
-     "message_too_long"),
-    (Limits(image_bytes=3), [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAAAAAA"}}]}], "image_too_large"),
-])
-def test_requests_beyond_the_limits_are_refused(limits: Limits, messages: list[dict[str, Any]], code: str) -> None:
+@pytest.mark.parametrize(
+    "limits, messages, code",
+    [
+        (Limits(messages=2), [{"role": "user", "content": "x"}] * 3, "too_many_messages"),
+        (
+            Limits(text_chars=5),
+            [{"role": "user", "content": "abc"}, {"role": "user", "content": "def"}],
+            "message_too_long",
+        ),
+        (
+            Limits(image_bytes=3),
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAAAAAA"}}
+                    ],
+                }
+            ],
+            "image_too_large",
+        ),
+    ],
+)
+def test_requests_beyond_the_limits_are_refused(
+    limits: Limits, messages: list[dict[str, Any]], code: str
+) -> None:
     """Message count, forwarded text and image size are bounded, each with its own error code."""
     with pytest.raises(ProxyError) as caught:
         letta_messages(request(messages=messages), limits)
@@ -283,9 +375,16 @@ def test_requests_beyond_the_limits_are_refused(limits: Limits, messages: list[d
 
 def test_requests_at_the_limits_pass() -> None:
     """The bounds are inclusive: exactly at the limit is accepted."""
-    messages = [{"role": "user", "content": "abc"}, {"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]
-    assert len(letta_messages(request(messages=messages), Limits(messages=2, text_chars=3, image_bytes=3))) == 2
+    messages = [
+        {"role": "user", "content": "abc"},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}],
+        },
+    ]
+    assert (
+        len(letta_messages(request(messages=messages), Limits(messages=2, text_chars=3, image_bytes=3))) == 2
+    )
 
 
 def test_the_run_id_is_remembered_from_the_first_event() -> None:

@@ -8,14 +8,9 @@ one from ``../shared/letta-server/start.sh``. Without one the tests are skipped,
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import openai
@@ -23,20 +18,13 @@ import pytest
 from letta_client import Letta
 from letta_client.types import AgentState
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from tests.proxy_process import running_proxy
+
 LETTA_URL = os.environ.get("LETTA_E2E_URL", "http://127.0.0.1:8283").rstrip("/")
 REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 API_KEY = "sk-e2e-" + uuid.uuid4().hex
 AGENT_MODEL = "openai-proxy/fake-model"
 AGENT_EMBEDDING = "openai/text-embedding-3-small"
-READY_TIMEOUT_S = 30.0
-
-
-def _free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -88,60 +76,14 @@ def agent(make_agent: Callable[[], AgentState]) -> AgentState:
 
 @pytest.fixture(scope="session")
 def proxy_url(letta_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Start ``python -m proxy`` as a real process against Letta; yield its base URL; stop it at the end."""
+    """``python -m proxy`` as a real process against Letta, for the whole session."""
     tmp = tmp_path_factory.mktemp("proxy")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "LETTA_BASE_URL": letta_url,
-        "PROXY_HOST": "127.0.0.1",
-        "PROXY_PORT": str(port),
-        "PROXY_API_KEYS": API_KEY,
-        "PROXY_API_KEY_FILE": str(tmp / "proxy-api-key.json"),
-        "PROXY_LOG_LEVEL": "info",
-        "PROXY_AGENT_CACHE_SECONDS": "0",  # agents created by fixtures must be visible at once
-    }
-    log_path = tmp / "proxy.log"
-    log = log_path.open("wb")  # a file, not a pipe: an unread pipe would block the proxy once full
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy"], cwd=PROJECT_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def fail(why: str) -> None:
-        _stop(proc)
-        log.close()
-        pytest.fail(f"{why}; proxy output:\n{log_path.read_text(errors='replace')}", pytrace=False)
-
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            fail(f"proxy exited with code {proc.returncode} before it was ready")
-        try:
-            r = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=2.0)
-            if r.status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            fail(f"proxy not ready on {url} after {READY_TIMEOUT_S:.0f} s")
-        time.sleep(0.2)
-
-    yield url
-    _stop(proc)
-    log.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the proxy, then kill it if it does not exit within 10 s."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+        # agents created by fixtures must be visible at once, hence no agent cache
+        with running_proxy(tmp, API_KEY, LETTA_BASE_URL=letta_url, PROXY_AGENT_CACHE_SECONDS="0") as proxy:
+            yield proxy.url
+    except RuntimeError as error:
+        pytest.fail(str(error), pytrace=False)
 
 
 @pytest.fixture(scope="session")

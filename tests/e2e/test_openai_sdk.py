@@ -138,9 +138,15 @@ def test_chat_stream_without_usage_option(client: openai.OpenAI, agent: AgentSta
 
 def test_stream_wire_framing(proxy_url: str, api_key: str, agent: AgentState):
     """On the wire a stream is text/event-stream ``data:`` frames ending with exactly one ``data: [DONE]``."""
-    body = {"model": agent.name, "stream": True, "messages": [{"role": "user", "content": f"frames {_marker()}"}]}
+    body = {
+        "model": agent.name,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"frames {_marker()}"}],
+    }
     headers = {"Authorization": f"Bearer {api_key}"}
-    with httpx.stream("POST", f"{proxy_url}/v1/chat/completions", json=body, headers=headers, timeout=120) as r:
+    with httpx.stream(
+        "POST", f"{proxy_url}/v1/chat/completions", json=body, headers=headers, timeout=120
+    ) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = r.read().decode()
@@ -149,7 +155,7 @@ def test_stream_wire_framing(proxy_url: str, api_key: str, agent: AgentState):
     assert frames[-1] == "data: [DONE]"
     assert frames.count("data: [DONE]") == 1
     for frame in frames[:-1]:
-        assert json.loads(frame[len("data: "):])["object"] == "chat.completion.chunk"
+        assert json.loads(frame[len("data: ") :])["object"] == "chat.completion.chunk"
 
 
 # ---------------------------------------------------------------- chat, tool calls

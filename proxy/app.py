@@ -12,9 +12,9 @@ from proxy.routes import probes, v1
 from proxy.settings import Settings
 
 
-def create_app(settings: Settings, letta: Letta | None = None) -> Litestar:
+def create_app(settings: Settings) -> Litestar:
     """One Letta client for the app's life, closed on shutdown; keys loaded (or generated) up front."""
-    upstream = letta or Letta(settings)
+    upstream = Letta(settings)
     return Litestar(
         route_handlers=[v1, *probes],
         dependencies={

@@ -22,7 +22,9 @@ def _read_key_file(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"cannot read the key file {path}: {exc.__class__.__name__}") from None
+        raise SystemExit(
+            f"cannot read the key file {path} (PROXY_API_KEY_FILE): {exc.__class__.__name__}"
+        ) from None
     if not isinstance(key, str) or not key:
         raise SystemExit(f"the key file {path} holds no api_key")
     return key
@@ -30,8 +32,11 @@ def _read_key_file(path: Path) -> str | None:
 
 def _write_key_file(path: Path, key: str) -> None:
     """Created with mode 0600 from the start, so the key is never readable by others, even briefly."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise SystemExit(f"cannot write the key file {path} (PROXY_API_KEY_FILE): {exc.strerror}") from None
     with os.fdopen(fd, "w") as file:
         json.dump({"api_key": key}, file)
 

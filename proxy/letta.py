@@ -40,8 +40,11 @@ class Agent:
     created: int
 
 
-def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
-    """Maps an SDK or httpx failure to 503/504/502; `sent` marks failures after the turn left us."""
+def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyError:
+    """Maps an SDK or httpx failure to 503/504/502; `sent` marks failures after the turn left us.
+
+    Letta's own words are passed on, shortened, with our Letta token cut out should Letta echo it.
+    """
     if isinstance(exc, letta_client.APITimeoutError | httpx.TimeoutException):
         log.warning("Letta timed out: %s", exc.__class__.__name__)
         return ProxyError(
@@ -53,7 +56,8 @@ def _upstream_error(exc: Exception, *, sent: bool) -> ProxyError:
         )
     if isinstance(exc, letta_client.APIStatusError):
         detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-        summary = str(detail or exc.response.reason_phrase)[:200]
+        summary = str(detail or exc.response.reason_phrase)
+        summary = (summary.replace(secret, "[redacted]") if secret else summary)[:200]
         log.warning("Letta answered %s: %s", exc.status_code, summary)
         return ProxyError(
             502,
@@ -89,14 +93,14 @@ def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreatePar
 class Letta:
     """Owns the client, its timeouts and the short-lived agent cache."""
 
-    def __init__(self, settings: Settings, http_client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
         self._client = AsyncLetta(
             base_url=settings.letta_base_url,
-            api_key=settings.letta_api_key.get_secret_value() if settings.letta_api_key else None,
+            api_key=self._secret,
             project=settings.letta_project,
             timeout=httpx.Timeout(settings.letta_timeout, connect=CONNECT_TIMEOUT),
             max_retries=0,  # a resent turn would be written twice into the agent's memory
-            http_client=http_client,
         )
         self._allowed = set(settings.proxy_agents)
         self._default = settings.proxy_default_agent
@@ -248,8 +252,8 @@ class Letta:
                     code="model_not_found",
                     param="model",
                 ) from exc
-            raise _upstream_error(exc, sent=sent) from exc
+            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=sent) from exc
+            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except ValueError as exc:  # a stream event that is not JSON
             raise upstream_failure("The Letta server sent a malformed stream event.") from exc

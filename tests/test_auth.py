@@ -1,6 +1,7 @@
 """auth.py: which keys are accepted, how a request presents one, and the generated key's file."""
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -86,3 +87,17 @@ def test_only_an_exact_key_is_accepted() -> None:
     keys = [b"sk-one", b"sk-two"]
     assert is_accepted(b"sk-two", keys)
     assert not any(is_accepted(k, keys) for k in (None, b"", b"sk-on", b"sk-one ", b"SK-ONE", b"sk-onee"))
+
+
+def test_an_unwritable_key_file_stops_start_up_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No writable place for the generated key: a clear message naming the setting, not a traceback."""
+
+    def read_only(*_: object) -> int:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(SystemExit) as caught:
+        load_keys(make_settings(tmp_path, proxy_api_keys=""))
+    assert "PROXY_API_KEY_FILE" in str(caught.value.code) and "Permission denied" in str(caught.value.code)

@@ -316,3 +316,29 @@ def test_ready_follows_letta(client: TestClient, letta: respx.MockRouter) -> Non
     assert client.get("/ready").status_code == 200
     assert client.get("/ready").status_code == 200
     assert route.call_count == 1  # remembered briefly
+
+
+# --- CORS ----------------------------------------------------------------------------------------
+
+PREFLIGHT = {
+    "Origin": "https://chat.example.com",
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "authorization,content-type",
+}
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    """Without PROXY_CORS_ORIGINS no browser origin is granted anything."""
+    response = client.options(CHAT, headers=PREFLIGHT)
+    assert "access-control-allow-origin" not in response.headers
+
+
+def test_cors_allows_only_the_configured_origins(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """A configured origin passes the preflight; another origin does not."""
+    with TestClient(
+        create_app(make_settings(tmp_path, proxy_cors_origins="https://chat.example.com"))
+    ) as client:
+        allowed = client.options(CHAT, headers=PREFLIGHT)
+        other = client.options(CHAT, headers={**PREFLIGHT, "Origin": "https://evil.example"})
+    assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
+    assert "access-control-allow-origin" not in other.headers

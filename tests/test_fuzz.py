@@ -1,0 +1,139 @@
+"""Hostile input: thousands of generated requests never get a 5xx, a stack trace, or a body out of OpenAI's shape."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import respx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from litestar.testing import TestClient
+
+from proxy.app import create_app
+from tests.conftest import AGENT, KEY, LETTA, agents_page, make_settings
+from tests.letta_captures import raw
+
+CHAT = "/v1/chat/completions"
+FUZZ = settings(
+    max_examples=1700,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+parts = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "input_audio", "file", ""]) | st.text(max_size=6)},
+    optional={
+        "text": st.text(max_size=30) | json_values,
+        "image_url": st.fixed_dictionaries(
+            {
+                "url": st.sampled_from(
+                    [
+                        "data:image/png;base64,iVBORw0KGgo=",
+                        "https://x/y.png",
+                        "data:,",
+                        "data:image/png,raw",
+                        "",
+                    ]
+                )
+            }
+        )
+        | json_values,
+    },
+)
+messages = st.fixed_dictionaries(
+    {
+        "role": st.sampled_from(["system", "developer", "user", "assistant", "tool", "function"])
+        | st.text(max_size=6)
+    },
+    optional={
+        "content": st.text(max_size=50) | st.lists(parts, max_size=3) | json_values,
+        "name": st.text(max_size=10) | json_values,
+        "tool_calls": json_values,
+    },
+)
+requests = st.fixed_dictionaries(
+    {"messages": st.lists(messages, max_size=5) | json_values},
+    optional={
+        "model": st.sampled_from([AGENT["name"], AGENT["id"], "nobody", ""]) | json_values,
+        "stream": st.booleans() | json_values,
+        "n": st.integers(-2, 3) | json_values,
+        "stream_options": st.fixed_dictionaries({"include_usage": st.booleans() | json_values}) | json_values,
+        "user": st.text(max_size=10) | json_values,
+        "temperature": json_values,
+        "tools": json_values,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """One app for all examples, with a Letta that answers every turn (streamed or not) from captures."""
+
+    def turn(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content).get("streaming"):
+            return httpx.Response(
+                200, content=raw("stream_tokens.sse"), headers={"content-type": "text/event-stream"}
+            )
+        return httpx.Response(
+            200, content=raw("send_message.json"), headers={"content-type": "application/json"}
+        )
+
+    with respx.mock(base_url=LETTA, assert_all_called=False) as letta:
+        letta.get("/v1/agents/").mock(side_effect=lambda request: agents_page(request, [AGENT]))
+        letta.post(f"/v1/agents/{AGENT['id']}/messages").mock(side_effect=turn)
+        settings_ = make_settings(Path(tmp_path_factory.mktemp("fuzz")), proxy_agent_cache_seconds=60)
+        with TestClient(create_app(settings_)) as client:
+            client.headers["X-Api-Key"] = KEY
+            yield client
+
+
+def check(response: httpx.Response) -> None:
+    """The property: never a server error, never a trace, errors always in OpenAI's shape."""
+    assert response.status_code < 500, response.text
+    assert "Traceback" not in response.text and 'File "' not in response.text
+    if response.status_code >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    elif response.headers["content-type"].startswith("text/event-stream"):
+        assert response.text.endswith("data: [DONE]\n\n")
+
+
+@FUZZ
+@given(body=requests)
+def test_near_valid_chat_requests(fuzz_client: TestClient, body: dict[str, object]) -> None:
+    """Chat requests of the right outline with wrong, odd or hostile values in every field."""
+    check(fuzz_client.post(CHAT, json=body))
+
+
+@FUZZ
+@given(body=json_values)
+def test_arbitrary_json_bodies(fuzz_client: TestClient, body: object) -> None:
+    """Any JSON value at all as the chat body."""
+    check(fuzz_client.post(CHAT, json=body))
+
+
+@FUZZ
+@given(
+    body=st.binary(max_size=200),
+    content_type=st.sampled_from(["application/json", "text/plain", ""]),
+    path=st.sampled_from([CHAT, "/v1/models", "/v1/models?limit=x", "/v1/", "/v1/chat/completions/x"]),
+)
+def test_arbitrary_bytes_on_every_route(
+    fuzz_client: TestClient, body: bytes, content_type: str, path: str
+) -> None:
+    """Raw bytes with any content type, on each route and a few near it."""
+    check(fuzz_client.post(path, content=body, headers={"content-type": content_type}))

@@ -1,4 +1,4 @@
-"""Graceful shutdown of the real process: on SIGTERM, open streams finish, new connections are refused, exit 0."""
+"""Graceful shutdown: on SIGTERM, open streams finish, new connections are refused, the process exits 0."""
 
 import json
 import signal

@@ -13,7 +13,7 @@ from granian import Granian
 from granian.constants import Interfaces
 from pydantic import ValidationError
 
-from proxy.auth import load_keys
+from proxy.auth import load_clients
 from proxy.settings import Settings, describe_error
 
 log = logging.getLogger("proxy")
@@ -39,7 +39,7 @@ def main() -> None:
         sys.exit(describe_error(error))
     config = logging_config(settings.proxy_log_level)
     logging.config.dictConfig(config)
-    load_keys(settings)  # here, so a key file problem stops start-up before any worker runs
+    load_clients(settings)  # here, so a key file problem stops start-up before any worker runs
     log.info(
         "listening on http://%s:%d, forwarding to Letta at %s",
         settings.proxy_host,

@@ -5,25 +5,38 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 
-from proxy.auth import load_keys
+from proxy.auth import load_clients
 from proxy.errors import exception_handlers
 from proxy.letta import Letta
 from proxy.routes import probes, v1
+from proxy.routing import Routing
+from proxy.sessions import open_store
 from proxy.settings import Settings
+from proxy.turns import TurnQueue
+
+
+def _singleton(value: object) -> Provide:
+    return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
 
 def create_app(settings: Settings) -> Litestar:
-    """One Letta client for the app's life, closed on shutdown; keys loaded (or generated) up front."""
-    upstream = Letta(settings)
+    """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front."""
+    letta = Letta(settings)
+    store = open_store(
+        settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
+    )
+    routing = Routing(letta, store, settings.proxy_model_scope, settings.proxy_default_agent)
     return Litestar(
         route_handlers=[v1, *probes],
         dependencies={
-            "letta": Provide(lambda: upstream, sync_to_thread=False, use_cache=True),
-            "settings": Provide(lambda: settings, sync_to_thread=False, use_cache=True),
+            "letta": _singleton(letta),
+            "routing": _singleton(routing),
+            "turns": _singleton(TurnQueue(settings.proxy_queue_timeout)),
+            "settings": _singleton(settings),
         },
         exception_handlers=exception_handlers,
-        on_shutdown=[upstream.aclose],
-        state=State({"client_keys": load_keys(settings)}),
+        on_shutdown=[letta.aclose, store.aclose],
+        state=State({"clients": load_clients(settings)}),
         request_max_body_size=settings.proxy_max_body_bytes,
         cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)
         if settings.proxy_cors_origins

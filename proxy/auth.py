@@ -3,12 +3,14 @@
 There is never an open door: with no keys configured, one is generated once and kept in a private file.
 """
 
+import hashlib
 import hmac
 import json
 import logging
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from proxy.settings import Settings
@@ -41,10 +43,34 @@ def _write_key_file(path: Path, key: str) -> None:
         json.dump({"api_key": key}, file)
 
 
-def load_keys(settings: Settings) -> list[bytes]:
+@dataclass(frozen=True, slots=True)
+class Client:
+    """One accepted key, what it may reach, and a name for its state that does not reveal the key."""
+
+    key: bytes
+    agents: frozenset[str] | None = None  # agent names or ids; None: every exposed agent
+
+    @property
+    def namespace(self) -> str:
+        return hashlib.sha256(self.key).hexdigest()[:32]
+
+    def may_use(self, agent_id: str, agent_name: str) -> bool:
+        return self.agents is None or agent_id in self.agents or agent_name in self.agents
+
+
+def _client(entry: str) -> Client:
+    """`key` or `key:agentA|agentB`: a key scoped to some agents."""
+    key, scoped, agents = entry.partition(":")
+    names = frozenset(name.strip() for name in agents.split("|") if name.strip())
+    if not key or (scoped and not names):
+        raise SystemExit("invalid PROXY_API_KEYS entry: write key or key:agentA|agentB")
+    return Client(key.encode(), names if scoped else None)
+
+
+def load_clients(settings: Settings) -> list[Client]:
     """The accepted keys: the configured ones, or else the generated one (made on first start)."""
     if settings.proxy_api_keys:
-        return [key.get_secret_value().encode() for key in settings.proxy_api_keys]
+        return [_client(entry.get_secret_value()) for entry in settings.proxy_api_keys]
     path = settings.proxy_api_key_file
     key = _read_key_file(path)
     if key is None:
@@ -53,7 +79,7 @@ def load_keys(settings: Settings) -> list[bytes]:
         log.warning("PROXY_API_KEYS is unset: generated a client key in %s", path.resolve())
     else:
         log.info("PROXY_API_KEYS is unset: using the client key kept in %s", path.resolve())
-    return [key.encode()]
+    return [Client(key.encode())]
 
 
 MAX_KEY_LENGTH = 256
@@ -77,11 +103,12 @@ def presented_key(headers: Mapping[str, str]) -> bytes | None:
     return key.encode()
 
 
-def is_accepted(key: bytes | None, keys: list[bytes]) -> bool:
+def identify(key: bytes | None, clients: list[Client]) -> Client | None:
     """Compares against every key in constant time, so timing tells nothing about which one nearly matched."""
     if key is None:
-        return False
-    matched = False
-    for candidate in keys:
-        matched |= hmac.compare_digest(key, candidate)
-    return matched
+        return None
+    found = None
+    for client in clients:
+        if hmac.compare_digest(key, client.key):
+            found = client
+    return found

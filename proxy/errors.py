@@ -30,6 +30,7 @@ class ProxyError(Exception):
         code: str | None = None,
         param: str | None = None,
         retry_safe: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -38,6 +39,7 @@ class ProxyError(Exception):
         self.code = code
         self.param = param
         self.retry_safe = retry_safe
+        self.headers = headers or {}
 
     def detail(self) -> ErrorDetail:
         return ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
@@ -65,7 +67,7 @@ def unauthorized() -> ProxyError:
 
 
 def _respond(error: ProxyError) -> Response[bytes]:
-    headers = {} if error.retry_safe else {"x-should-retry": "false"}
+    headers = error.headers if error.retry_safe else {**error.headers, "x-should-retry": "false"}
     body = msgspec.json.encode(ErrorBody(error=error.detail()))
     return Response(body, status_code=error.status, media_type="application/json", headers=headers)
 

@@ -17,7 +17,7 @@ from letta_client import AsyncLetta
 from letta_client.types import MessageCreateParam
 from letta_client.types.agents import LettaResponse
 
-from proxy.errors import ProxyError, model_not_found
+from proxy.errors import ProxyError
 from proxy.settings import Settings
 from proxy.translate import upstream_failure
 
@@ -103,7 +103,6 @@ class Letta:
             max_retries=0,  # a resent turn would be written twice into the agent's memory
         )
         self._allowed = set(settings.proxy_agents)
-        self._default = settings.proxy_default_agent
         self._cache_seconds = settings.proxy_agent_cache_seconds
         self._connect_retries = settings.letta_connect_retries
         self._background: set[asyncio.Task[None]] = set()
@@ -148,33 +147,13 @@ class Letta:
             return listed
         return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
 
-    async def resolve(self, model: str | None) -> Agent:
-        """The agent a request means: by name or id, else the configured default, else the first."""
-        agents = await self.agents()
-        wanted = model or self._default
-        if wanted is None:
-            if not agents:
-                raise ProxyError(
-                    404,
-                    "No model was given and Letta has no agent to use.",
-                    code="model_not_found",
-                    param="model",
-                )
-            return agents[0]
-        for agent in agents:
-            if wanted in (agent.name, agent.id):
-                return agent
-        raise model_not_found(wanted)
-
     async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaResponse:
         """One whole turn."""
         turn = _with_otids(messages)
         return await self._retrying(lambda: self._client.agents.messages.create(agent.id, messages=turn))
 
-    def cancel_soon(self, agent: Agent, run_id: str | None) -> None:
+    def _cancel_soon(self, agent: Agent, run_id: str) -> None:
         """Stops a run nobody will read any more, in the background: the caller is being torn down."""
-        if run_id is None:
-            return
         task = asyncio.get_running_loop().create_task(self._cancel(agent, run_id))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -205,40 +184,50 @@ class Letta:
             attempt += 1
 
     async def stream(
-        self, agent: Agent, messages: Iterable[MessageCreateParam]
+        self, agent: Agent, messages: Iterable[MessageCreateParam], on_close: Callable[[], None]
     ) -> AsyncGenerator[object, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
-        error, not an error inside a 200 stream.
+        error, not an error inside a 200 stream. `on_close` runs once the stream is over, however it ends.
         """
-        events = self._events(agent, messages)
+        events = self._events(agent, messages, on_close)
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
         return events
 
     async def _events(
-        self, agent: Agent, messages: Iterable[MessageCreateParam]
+        self, agent: Agent, messages: Iterable[MessageCreateParam], on_close: Callable[[], None]
     ) -> AsyncGenerator[object, None]:
         """Yields None once the first event is in, then the events.
 
-        The upstream response is opened inside the generator so that its `finally` closes it however the
-        reader stops, even one that never reads past the opening.
+        Everything happens inside the generator, so that its `finally` closes the upstream response and
+        cancels a run left unfinished however the reader stops, even one that never reads past the opening.
         """
-        turn = _with_otids(messages)
-        upstream = await self._retrying(
-            lambda: self._client.agents.messages.create(
-                agent.id, messages=turn, streaming=True, stream_tokens=True, include_pings=True
-            )
-        )
         try:
+            turn = _with_otids(messages)
+            upstream = await self._retrying(
+                lambda: self._client.agents.messages.create(
+                    agent.id, messages=turn, streaming=True, stream_tokens=True, include_pings=True
+                )
+            )
             events = aiter(upstream)
-            event = await self._call(lambda: anext(events, None), sent=True)
-            yield None
-            while event is not None:
-                yield event
+            run_id, stopped = None, False
+            try:
                 event = await self._call(lambda: anext(events, None), sent=True)
+                run_id = getattr(event, "run_id", None)
+                yield None
+                while event is not None:
+                    stopped = stopped or getattr(event, "message_type", None) == "stop_reason"
+                    yield event
+                    event = await self._call(lambda: anext(events, None), sent=True)
+                    run_id = run_id or getattr(event, "run_id", None)
+                stopped = True
+            finally:
+                await upstream.close()
+                if not stopped and run_id is not None:
+                    self._cancel_soon(agent, run_id)
         finally:
-            await upstream.close()
+            on_close()
 
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:

@@ -3,7 +3,7 @@
 import time
 import uuid
 
-from litestar import Response, Router, get, post
+from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
@@ -11,56 +11,67 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from proxy import protocol
-from proxy.auth import is_accepted, presented_key
+from proxy.auth import Client, identify, presented_key
 from proxy.errors import unauthorized
 from proxy.letta import Letta
+from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, sse_frames
 from proxy.translate import Limits, TurnTranslator, completion, letta_messages
+from proxy.turns import TurnQueue
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Runs before the body is read: without a valid key, nothing else of the request is looked at."""
-    if not is_accepted(presented_key(connection.headers), connection.app.state.client_keys):
+    client = identify(presented_key(connection.headers), connection.app.state.clients)
+    if client is None:
         raise unauthorized()
+    connection.state.client = client
 
 
 @get("/models", summary="List the Letta agents as models")
-async def list_models(letta: NamedDependency[Letta]) -> protocol.ModelList:
-    """Every exposed agent, by name."""
-    agents = await letta.agents()
+async def list_models(request: Request, routing: NamedDependency[Routing]) -> protocol.ModelList:
+    """Every agent this key may use, by name."""
+    agents = await routing.visible(request.state.client)
     return protocol.ModelList(data=[protocol.Model(id=agent.name, created=agent.created) for agent in agents])
 
 
 @post("/chat/completions", summary="Send the new user turns to an agent", status_code=200)
 async def chat_completions(
+    request: Request,
     data: JSONBody[protocol.ChatCompletionRequest],
     letta: NamedDependency[Letta],
+    routing: NamedDependency[Routing],
+    turns: NamedDependency[TurnQueue],
     settings: NamedDependency[Settings],
 ) -> Response[protocol.ChatCompletion] | Stream:
-    """One agent turn, answered whole or as SSE chunks."""
+    """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
+    client: Client = request.state.client
     limits = Limits(
         settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
     )
     messages = letta_messages(data, limits)
-    agent = await letta.resolve(data.model)
+    agent = await routing.resolve(client, data.model, data.user)
     translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
     completion_id = f"chatcmpl-{uuid.uuid4().hex}"
     created = int(time.time())
+    release = await turns.enter(agent.id)
     if data.stream:
-        events = await letta.stream(agent, messages)
+        events = await letta.stream(agent, messages, on_close=release)
         frames = sse_frames(
             events,
             translator,
             ChunkHeader(completion_id, created, agent.name),
             include_usage=data.stream_options is not None and data.stream_options.include_usage,
             idle_seconds=settings.proxy_keepalive_seconds,
-            on_abandon=lambda: letta.cancel_soon(agent, translator.run_id),
         )
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    response = await letta.send(agent, messages)
+    try:
+        response = await letta.send(agent, messages)
+    finally:
+        release()
     return Response(completion(response, translator, completion_id, created, agent.name))
 
 

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ToolCallMode = Literal["openai", "reasoning", "drop"]
+ModelScope = Literal["request", "global", "session"]
 
 
 def _split_commas(value: object) -> object:
@@ -51,6 +52,25 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Allowlist of agent names or ids to expose, comma-separated; empty: all.",
     )
+    proxy_model_scope: ModelScope = Field(
+        "request",
+        description="request: model applies to its request; global: it also becomes the key's default; "
+        "session: it becomes the default of the request's `user`.",
+    )
+    proxy_redis_url: str | None = Field(
+        None,
+        pattern=r"^rediss?://",
+        description="Redis for the model-scope state shared by replicas; unset: memory.",
+    )
+    proxy_session_max_entries: int = Field(
+        10_000, gt=0, description="Most remembered model choices, per key."
+    )
+    proxy_session_idle_seconds: float = Field(
+        86_400, gt=0, description="A remembered model choice unused this long is forgotten."
+    )
+    proxy_queue_timeout: float = Field(
+        120.0, gt=0, description="How long a turn may wait for its agent's previous turns before a 429."
+    )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
     proxy_max_messages: int = Field(5000, gt=0, description="Most messages one request may carry.")
@@ -84,7 +104,7 @@ class Settings(BaseSettings):
     def _lists(cls, value: object) -> object:
         return _split_commas(value)
 
-    @field_validator("proxy_log_level", "proxy_tool_calls", mode="before")
+    @field_validator("proxy_log_level", "proxy_tool_calls", "proxy_model_scope", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

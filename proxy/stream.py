@@ -7,7 +7,8 @@ proxy or load balancer on the way closes the connection as idle.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 
 import anyio
@@ -78,31 +79,24 @@ async def sse_frames(
     *,
     include_usage: bool,
     idle_seconds: float,
-    on_abandon: Callable[[], None],
 ) -> AsyncIterator[bytes]:
-    """Frames for one streamed turn. A client gone before the end calls `on_abandon` (to stop the run)."""
-    finished = False
+    """Frames for one streamed turn; a client that leaves closes the Letta stream at once."""
     try:
         yield header.chunk(protocol.Delta(role="assistant", content=""))
-        async for event in paced(events, idle_seconds):
-            if event is KEEPALIVE:
-                yield KEEPALIVE
-            elif (delta := translator.feed(event)) is not None:
-                yield header.chunk(delta)
+        async with aclosing(paced(events, idle_seconds)) as paced_events:
+            async for event in paced_events:
+                if event is KEEPALIVE:
+                    yield KEEPALIVE
+                elif (delta := translator.feed(event)) is not None:
+                    yield header.chunk(delta)
         if translator.stop_reason is None:
             raise upstream_failure(
                 "The Letta stream ended before the turn was complete.", code="upstream_disconnected"
             )
-        finished = True
         yield header.chunk(protocol.Delta(), translator.finish_reason)
         if include_usage and translator.usage is not None:
             yield header.usage(translator.usage)
     except ProxyError as error:
-        finished = True
         log.warning("stream %s ended with an error: %s", header.id, error.message)
         yield frame(protocol.ErrorBody(error=error.detail()))
-    finally:
-        if not finished:
-            log.info("client left stream %s before the end", header.id)
-            on_abandon()
     yield DONE

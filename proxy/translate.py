@@ -6,6 +6,7 @@ into an OpenAI delta; a whole answer is those deltas merged. So a streamed turn 
 can never disagree.
 """
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -33,6 +34,7 @@ ERROR_STOP_REASONS = frozenset(
 APPROVAL_NOTE = "[The agent is waiting for approval of a tool call. Approve or deny it in Letta to continue.]"
 MESSAGE_SEPARATOR = "\n\n"
 MAX_UPSTREAM_MESSAGE = 300
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
 # --- OpenAI request -> Letta messages -------------------------------------------------------------
@@ -61,7 +63,7 @@ def letta_messages(
         )
     last_assistant = max((i for i, m in enumerate(request.messages) if m.role == "assistant"), default=-1)
     turns: list[MessageCreateParam] = [
-        {"role": "user", "content": _user_content(i, message, limits)}
+        _user_turn(i, message, limits, request.user)
         for i, message in enumerate(request.messages)
         if i > last_assistant and message.role == "user"
     ]
@@ -77,6 +79,22 @@ def letta_messages(
             code="message_too_long",
         )
     return turns
+
+
+def _user_turn(
+    index: int, message: protocol.ChatMessage, limits: Limits, user: str | None
+) -> MessageCreateParam:
+    """A Letta user message; the speaker's name (the message's, else the request's `user`) goes with it."""
+    turn: MessageCreateParam = {"role": "user", "content": _user_content(index, message, limits)}
+    if name := sender_name(message.name or user):
+        turn["name"] = name
+    return turn
+
+
+def sender_name(name: str | None) -> str | None:
+    """A name every LLM provider behind Letta accepts: letters, digits, `_` and `-`, at most 64."""
+    cleaned = _NAME_UNSAFE.sub("_", name or "").strip("_")[:64]
+    return cleaned or None
 
 
 def _text_length(content: object) -> int:
@@ -154,7 +172,6 @@ class TurnTranslator:
     reasoning: bool = False
     stop_reason: str | None = None
     usage: protocol.Usage | None = None
-    run_id: str | None = None
     _tool_index: dict[str, int] = field(default_factory=dict)
     _current_tool: str | None = None
     _assistant_id: str | None = None
@@ -163,8 +180,6 @@ class TurnTranslator:
 
     def feed(self, event: object) -> protocol.Delta | None:
         """The delta for one Letta message or stream event; None for what the client never sees."""
-        if self.run_id is None:
-            self.run_id = getattr(event, "run_id", None)
         match getattr(event, "message_type", None):
             case "assistant_message":
                 return self._assistant(cast(AssistantMessage, event))

@@ -7,35 +7,35 @@ from pathlib import Path
 
 import pytest
 
-from proxy.auth import is_accepted, load_keys, presented_key
+from proxy.auth import Client, identify, load_clients, presented_key
 from tests.conftest import make_settings
 
 
 def test_configured_keys_are_the_accepted_ones(tmp_path: Path) -> None:
     """PROXY_API_KEYS lists the keys; no key file is written then."""
     settings = make_settings(tmp_path, proxy_api_keys="sk-a, sk-b")
-    assert load_keys(settings) == [b"sk-a", b"sk-b"]
+    assert load_clients(settings) == [Client(b"sk-a"), Client(b"sk-b")]
     assert not settings.proxy_api_key_file.exists()
 
 
 def test_without_keys_one_is_generated_into_a_private_file_and_reused(tmp_path: Path) -> None:
     """No configured key means a generated one, mode 0600, the same on the next start."""
     settings = make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=tmp_path / "dir" / "key.json")
-    keys = load_keys(settings)
+    clients = load_clients(settings)
     path = settings.proxy_api_key_file
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     stored = json.loads(path.read_text())["api_key"]
-    assert keys == [stored.encode()] and len(stored) > 40
-    assert load_keys(settings) == keys
+    assert clients == [Client(stored.encode())] and len(stored) > 40
+    assert load_clients(settings) == clients
 
 
 def test_the_generated_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The log names the key file, not the key."""
     caplog.set_level("DEBUG")
     settings = make_settings(tmp_path, proxy_api_keys="")
-    [key] = load_keys(settings)
+    [client] = load_clients(settings)
     assert str(settings.proxy_api_key_file.name) in caplog.text
-    assert key.decode() not in caplog.text
+    assert client.key.decode() not in caplog.text
 
 
 def test_an_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
@@ -43,7 +43,7 @@ def test_an_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
     path = tmp_path / "key.json"
     path.write_text("not json")
     with pytest.raises(SystemExit):
-        load_keys(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path))
+        load_clients(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path))
 
 
 @pytest.mark.parametrize(
@@ -83,10 +83,31 @@ def test_malformed_or_ambiguous_keys_are_not_presented(headers: dict[str, str]) 
 
 
 def test_only_an_exact_key_is_accepted() -> None:
-    """No prefix, suffix or empty key matches."""
-    keys = [b"sk-one", b"sk-two"]
-    assert is_accepted(b"sk-two", keys)
-    assert not any(is_accepted(k, keys) for k in (None, b"", b"sk-on", b"sk-one ", b"SK-ONE", b"sk-onee"))
+    """No prefix, suffix or empty key matches; the matching key's client is returned."""
+    clients = [Client(b"sk-one"), Client(b"sk-two", frozenset({"bot"}))]
+    assert identify(b"sk-two", clients) == clients[1]
+    assert not any(identify(k, clients) for k in (None, b"", b"sk-on", b"sk-one ", b"SK-ONE", b"sk-onee"))
+
+
+def test_keys_may_be_scoped_to_agents(tmp_path: Path) -> None:
+    """`key:agentA|agentB` limits a key to those agents (names or ids); a bare key reaches all."""
+    [scoped, free] = load_clients(make_settings(tmp_path, proxy_api_keys="sk-a:support|agent-7, sk-b"))
+    assert scoped == Client(b"sk-a", frozenset({"support", "agent-7"})) and free == Client(b"sk-b")
+    assert scoped.may_use("agent-1", "support") and scoped.may_use("agent-7", "other")
+    assert not scoped.may_use("agent-1", "sales") and free.may_use("agent-1", "sales")
+
+
+@pytest.mark.parametrize("entry", ["sk-a:", ":bot", "sk-a: | "])
+def test_malformed_scoped_keys_stop_start_up(tmp_path: Path, entry: str) -> None:
+    """A scope with no agent, or a scope with no key, is a configuration error, not an open key."""
+    with pytest.raises(SystemExit):
+        load_clients(make_settings(tmp_path, proxy_api_keys=entry))
+
+
+def test_tenant_namespaces_differ_and_hide_the_key() -> None:
+    """Session state is filed under a digest of the key: distinct per key, and not the key itself."""
+    one, two = Client(b"sk-one"), Client(b"sk-two")
+    assert one.namespace != two.namespace and "sk-one" not in one.namespace
 
 
 def test_an_unwritable_key_file_stops_start_up_with_one_line(
@@ -99,5 +120,5 @@ def test_an_unwritable_key_file_stops_start_up_with_one_line(
 
     monkeypatch.setattr(os, "open", read_only)
     with pytest.raises(SystemExit) as caught:
-        load_keys(make_settings(tmp_path, proxy_api_keys=""))
+        load_clients(make_settings(tmp_path, proxy_api_keys=""))
     assert "PROXY_API_KEY_FILE" in str(caught.value.code) and "Permission denied" in str(caught.value.code)

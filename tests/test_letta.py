@@ -1,6 +1,7 @@
 """letta.py: what is sent to Letta, how its streams are opened and closed, and how its failures map."""
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +37,52 @@ def test_letta_credentials_and_project_are_sent(tmp_path: Path, letta: respx.Moc
     assert request.headers["x-project"] == "proj-1"
 
 
-def test_the_upstream_stream_is_closed_even_if_never_read(tmp_path: Path, letta: respx.MockRouter) -> None:
-    """A client gone right after the stream opened leaves no Letta response open."""
+RUN = "run-3f2ac17e-ba87-4e44-9a22-bf784dbdd8c1"  # the run of stream_tokens.sse
+
+
+def test_a_stream_left_early_is_closed_its_run_cancelled_and_its_turn_ended(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """A client gone right after the opening leaves no Letta response open and no run going."""
     letta["send"].mock(return_value=sse("stream_tokens.sse"))
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    closed: list[bool] = []
 
     async def open_and_drop(client: Letta) -> None:
-        events = await client.stream(BOT, TURN)
+        events = await client.stream(BOT, TURN, on_close=lambda: closed.append(True))
         await events.aclose()
 
     run(tmp_path, open_and_drop)
     assert letta["send"].calls.last.response.is_closed
+    assert json.loads(cancel.calls.last.request.content) == {"run_ids": [RUN]}
+    assert closed == [True]
+
+
+def test_a_finished_stream_cancels_nothing(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """A run that reached its stop reason is not cancelled, and the turn is ended once."""
+    letta["send"].mock(return_value=sse("stream_tokens.sse"))
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    closed: list[bool] = []
+
+    async def read_all(client: Letta) -> None:
+        async for _ in await client.stream(BOT, TURN, on_close=lambda: closed.append(True)):
+            pass
+
+    run(tmp_path, read_all)
+    assert not cancel.called and closed == [True]
+
+
+def test_a_stream_that_fails_to_open_still_ends_its_turn(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """The agent's queue moves on even when Letta refuses the stream."""
+    letta["send"].mock(return_value=httpx.Response(500, json={"detail": "no"}))
+    closed: list[bool] = []
+    with pytest.raises(ProxyError):
+        run(tmp_path, lambda client: client.stream(BOT, TURN, on_close=lambda: closed.append(True)))
+    assert closed == [True]
 
 
 def test_a_stream_yields_every_event_after_opening(tmp_path: Path, letta: respx.MockRouter) -> None:
@@ -53,7 +90,7 @@ def test_a_stream_yields_every_event_after_opening(tmp_path: Path, letta: respx.
     letta["send"].mock(return_value=sse("stream_tokens.sse"))
 
     async def read_all(client: Letta) -> list[str]:
-        return [e.message_type async for e in await client.stream(BOT, TURN)]
+        return [e.message_type async for e in await client.stream(BOT, TURN, on_close=lambda: None)]
 
     kinds = run(tmp_path, read_all)
     assert kinds == ["ping"] + ["assistant_message"] * 6 + ["stop_reason", "usage_statistics"]
@@ -68,7 +105,7 @@ def test_an_error_event_before_anything_else_fails_the_opening(
         return_value=httpx.Response(200, content=body, headers={"content-type": "text/event-stream"})
     )
     with pytest.raises(ProxyError) as caught:
-        run(tmp_path, lambda client: client.stream(BOT, TURN))
+        run(tmp_path, lambda client: client.stream(BOT, TURN, on_close=lambda: None))
     assert caught.value.status == 502 and not caught.value.retry_safe
 
 
@@ -80,7 +117,7 @@ def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta
     )
 
     async def read_all(client: Letta) -> None:
-        async for _ in await client.stream(BOT, TURN):
+        async for _ in await client.stream(BOT, TURN, on_close=lambda: None):
             pass
 
     with pytest.raises(ProxyError) as caught:

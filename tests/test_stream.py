@@ -21,18 +21,10 @@ async def _source(items: list[Any], fail_with: Exception | None = None) -> Async
 
 
 def stream(
-    source: AsyncGenerator[object, None],
-    include_usage: bool = True,
-    idle_seconds: float = 60,
-    abandoned: list[bool] | None = None,
+    source: AsyncGenerator[object, None], include_usage: bool = True, idle_seconds: float = 60
 ) -> AsyncIterator[bytes]:
     return sse_frames(
-        source,
-        TurnTranslator(),
-        HEADER,
-        include_usage=include_usage,
-        idle_seconds=idle_seconds,
-        on_abandon=lambda: (abandoned if abandoned is not None else []).append(True),
+        source, TurnTranslator(), HEADER, include_usage=include_usage, idle_seconds=idle_seconds
     )
 
 
@@ -111,29 +103,14 @@ def test_the_source_is_closed_when_the_client_goes_away() -> None:
         finally:
             closed.append(True)
 
-    abandoned: list[bool] = []
-
     async def read_two() -> None:
-        frames = stream(source(), abandoned=abandoned)
+        frames = stream(source())
         await anext(frames)
         await anext(frames)
         await frames.aclose()  # type: ignore[attr-defined]
 
     asyncio.run(read_two())
     assert closed == [True]
-    assert abandoned == [True]
-
-
-def test_a_finished_stream_is_not_reported_abandoned() -> None:
-    """Only a client that leaves early triggers the run's cancellation."""
-    abandoned: list[bool] = []
-
-    async def read_all() -> None:
-        async for _ in stream(_source(events("stream_tokens.sse")), abandoned=abandoned):
-            pass
-
-    asyncio.run(read_all())
-    assert abandoned == []
 
 
 def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:

@@ -385,10 +385,3 @@ def test_requests_at_the_limits_pass() -> None:
     assert (
         len(letta_messages(request(messages=messages), Limits(messages=2, text_chars=3, image_bytes=3))) == 2
     )
-
-
-def test_the_run_id_is_remembered_from_the_first_event() -> None:
-    """The run to cancel, should the client leave, is known as soon as Letta's first event arrives."""
-    translator = TurnTranslator()
-    deltas(translator, events(TOKEN_STREAM)[:1])
-    assert translator.run_id == "run-3f2ac17e-ba87-4e44-9a22-bf784dbdd8c1"

@@ -7,6 +7,8 @@ import httpx
 from letta_client import Letta
 from letta_client.types import AgentState
 
+from tests.e2e.letta_history import runs
+
 
 def test_a_client_leaving_mid_stream_cancels_the_agent_run(
     proxy_url: str, api_key: str, letta: Letta, make_agent: Callable[[], AgentState]
@@ -27,7 +29,7 @@ def test_a_client_leaving_mid_stream_cancels_the_agent_run(
     deadline = time.monotonic() + 20
     statuses: list[str | None] = []
     while time.monotonic() < deadline:
-        statuses = [run.status for run in letta.runs.list(agent_ids=[agent.id])]
+        statuses = [run.status for run in runs(letta, agent.id)]
         if statuses and all(status != "running" for status in statuses):
             break
         time.sleep(0.25)

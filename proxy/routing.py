@@ -1,0 +1,73 @@
+"""Which agent a request goes to: the model it names, else the agent its scope last chose, else the default.
+
+With PROXY_MODEL_SCOPE `global` or `session`, naming a model also makes that agent the default for later
+requests without one: for the whole key (`global`), or for one `user` of it (`session`). That memory is
+kept per client key, so one tenant can never steer another's choice.
+"""
+
+from proxy.auth import Client
+from proxy.errors import ProxyError, model_not_found
+from proxy.letta import Agent, Letta
+from proxy.sessions import SessionStore, SessionStoreError
+from proxy.settings import ModelScope
+
+
+class Routing:
+    def __init__(self, letta: Letta, store: SessionStore, scope: ModelScope, default: str | None) -> None:
+        self._letta = letta
+        self._store = store
+        self._scope = scope
+        self._default = default
+
+    async def visible(self, client: Client) -> list[Agent]:
+        """The exposed agents this client's key may use."""
+        return [agent for agent in await self._letta.agents() if client.may_use(agent.id, agent.name)]
+
+    async def resolve(self, client: Client, model: str | None, user: str | None) -> Agent:
+        """An agent outside the key's scope is reported as unknown, so names do not leak."""
+        agents = await self.visible(client)
+        session = self._session_key(user)
+        if model:
+            agent = _find(agents, model)
+            if agent is None:
+                raise model_not_found(model)
+            if session is not None:
+                await self._remember(client, session, agent)
+            return agent
+        if session is not None and (chosen := _find(agents, await self._recall(client, session))):
+            return chosen
+        default = _find(agents, self._default) if self._default else None
+        if default is None and not agents:
+            raise ProxyError(
+                404, "No model was given and there is no agent to use.", code="model_not_found", param="model"
+            )
+        return default or agents[0]
+
+    def _session_key(self, user: str | None) -> str | None:
+        if self._scope == "request":
+            return None
+        if self._scope == "global":
+            return "global"
+        return f"openai:{user or 'default'}"
+
+    async def _remember(self, client: Client, session: str, agent: Agent) -> None:
+        try:
+            await self._store.set(client.namespace, session, agent.id)
+        except SessionStoreError as exc:
+            raise _store_down() from exc
+
+    async def _recall(self, client: Client, session: str) -> str | None:
+        try:
+            return await self._store.get(client.namespace, session)
+        except SessionStoreError as exc:
+            raise _store_down() from exc
+
+
+def _find(agents: list[Agent], wanted: str | None) -> Agent | None:
+    return next((agent for agent in agents if wanted in (agent.name, agent.id)), None)
+
+
+def _store_down() -> ProxyError:
+    return ProxyError(
+        503, "The session store is unavailable.", type="server_error", code="session_store_unavailable"
+    )

@@ -1,0 +1,142 @@
+"""routing.py through the app: per-key agent scopes, model scopes, and who is speaking."""
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import respx
+from litestar.testing import TestClient
+
+from proxy.app import create_app
+from tests.conftest import AGENT, agents_page, make_settings
+from tests.letta_captures import wire
+from tests.redis_server import running_redis
+
+CHAT = "/v1/chat/completions"
+OTHER = {**AGENT, "id": "agent-other", "name": "other"}
+
+
+@pytest.fixture
+def two_agents(letta: respx.MockRouter) -> respx.MockRouter:
+    """Letta with the captured agent and a second one, both answering turns."""
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, OTHER]))
+    letta.post(f"/v1/agents/{OTHER['id']}/messages", name="send_other").mock(
+        return_value=httpx.Response(200, json=wire("send_message.json"))
+    )
+    return letta
+
+
+def app(tmp_path: Path, **settings: Any) -> TestClient:
+    settings.setdefault("proxy_api_keys", "sk-all,sk-other:other")
+    return TestClient(create_app(make_settings(tmp_path, **settings)))
+
+
+def ask(client: TestClient, key: str, **body: Any) -> httpx.Response:
+    body = {"messages": [{"role": "user", "content": "hi"}], **body}
+    return client.post(CHAT, json=body, headers={"Authorization": f"Bearer {key}"})
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, two_agents: respx.MockRouter) -> Iterator[TestClient]:
+    with app(tmp_path) as client:
+        yield client
+
+
+def test_a_scoped_key_sees_only_its_agents(proxy: TestClient) -> None:
+    """`key:agent` lists just that agent; an unscoped key lists all."""
+
+    def listed(key: str) -> list[str]:
+        return [m["id"] for m in proxy.get("/v1/models", headers={"X-Api-Key": key}).json()["data"]]
+
+    assert listed("sk-other") == ["other"]
+    assert listed("sk-all") == ["proxy-test-agent", "other"]
+
+
+@pytest.mark.parametrize("model", [AGENT["name"], AGENT["id"]])
+def test_another_tenant_s_agent_is_not_found_not_forbidden(
+    proxy: TestClient, two_agents: respx.MockRouter, model: str
+) -> None:
+    """By name or id, an agent outside the key's scope is a 404 that does not reveal it exists."""
+    response = ask(proxy, "sk-other", model=model)
+    assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found"
+    assert not two_agents["send"].called
+
+
+def test_a_scoped_key_s_default_is_its_first_agent(proxy: TestClient, two_agents: respx.MockRouter) -> None:
+    """Without a model, a scoped key lands on an agent it may use, never the global first agent."""
+    assert ask(proxy, "sk-other").json()["model"] == "other"
+    assert two_agents["send_other"].called and not two_agents["send"].called
+
+
+def test_request_scope_forgets_the_model(proxy: TestClient) -> None:
+    """By default a named model applies to its request only."""
+    assert ask(proxy, "sk-all", model="other").json()["model"] == "other"
+    assert ask(proxy, "sk-all").json()["model"] == "proxy-test-agent"
+
+
+def test_global_scope_makes_a_named_model_the_key_s_default(
+    tmp_path: Path, two_agents: respx.MockRouter
+) -> None:
+    """With `global`, naming a model switches the default for that key, and for no other key."""
+    with app(tmp_path, proxy_model_scope="global", proxy_api_keys="sk-a,sk-b") as client:
+        assert ask(client, "sk-a", model="other").status_code == 200
+        assert ask(client, "sk-a").json()["model"] == "other"
+        assert ask(client, "sk-a", user="someone-else").json()["model"] == "other"
+        assert ask(client, "sk-b").json()["model"] == "proxy-test-agent"
+
+
+def test_session_scope_remembers_per_user(tmp_path: Path, two_agents: respx.MockRouter) -> None:
+    """With `session`, each `user` (or the default session) keeps its own choice."""
+    with app(tmp_path, proxy_model_scope="session", proxy_api_keys="sk-a") as client:
+        assert ask(client, "sk-a", model="other", user="alice").status_code == 200
+        assert ask(client, "sk-a", user="alice").json()["model"] == "other"
+        assert ask(client, "sk-a", user="bob").json()["model"] == "proxy-test-agent"
+        assert ask(client, "sk-a").json()["model"] == "proxy-test-agent"
+
+
+def test_a_remembered_agent_that_is_gone_is_not_used(tmp_path: Path, two_agents: respx.MockRouter) -> None:
+    """A remembered choice is re-checked against the agents listed now: a deleted one falls back."""
+    with app(tmp_path, proxy_model_scope="global") as client:
+        assert ask(client, "sk-all", model="other").status_code == 200
+        two_agents["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT]))
+        assert ask(client, "sk-all").json()["model"] == "proxy-test-agent"
+
+
+def test_the_user_is_the_sender_name_letta_receives(proxy: TestClient, two_agents: respx.MockRouter) -> None:
+    """The request's `user` reaches the agent as the message's name, made safe for any LLM provider."""
+    assert ask(proxy, "sk-all", model=AGENT["name"], user="Ada Lovelace <ada@example.com>").status_code == 200
+    sent = json.loads(two_agents["send"].calls.last.request.content)["messages"][0]
+    assert sent["name"] == "Ada_Lovelace_ada_example_com"
+
+
+def test_a_message_name_wins_over_the_request_user(proxy: TestClient, two_agents: respx.MockRouter) -> None:
+    """A name on the message itself is the more precise speaker."""
+    body = {
+        "model": AGENT["name"],
+        "user": "account-7",
+        "messages": [{"role": "user", "content": "hi", "name": "zoe"}],
+    }
+    assert proxy.post(CHAT, json=body, headers={"X-Api-Key": "sk-all"}).status_code == 200
+    assert json.loads(two_agents["send"].calls.last.request.content)["messages"][0]["name"] == "zoe"
+
+
+def test_replicas_share_the_model_scope_through_redis(tmp_path: Path, two_agents: respx.MockRouter) -> None:
+    """Two proxies on one Redis: a model chosen through one is the default on the other."""
+    with running_redis(tmp_path) as redis:
+        shared = {"proxy_model_scope": "session", "proxy_redis_url": redis.url}
+        with app(tmp_path, **shared) as one, app(tmp_path, **shared) as two:
+            assert ask(one, "sk-all", model="other", user="carol").status_code == 200
+            assert ask(two, "sk-all", user="carol").json()["model"] == "other"
+            assert ask(two, "sk-all", user="dave").json()["model"] == "proxy-test-agent"
+
+
+def test_a_redis_outage_is_a_503_not_a_guess(tmp_path: Path, two_agents: respx.MockRouter) -> None:
+    """If the shared store cannot be read, the proxy says so rather than picking an agent at random."""
+    with running_redis(tmp_path) as redis:
+        url = redis.url
+    with app(tmp_path, proxy_model_scope="session", proxy_redis_url=url) as client:
+        response = ask(client, "sk-all", user="erin")
+        assert response.status_code == 503 and response.json()["error"]["code"] == "session_store_unavailable"

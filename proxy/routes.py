@@ -16,11 +16,13 @@ from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.routing import Routing
 from proxy.settings import Settings
-from proxy.stream import ChunkHeader, sse_frames
-from proxy.translate import Limits, TurnTranslator, completion, letta_messages
+from proxy.stream import ChunkHeader, local_frames, sse_frames
+from proxy.tasks import detect_task, local_answer
+from proxy.translate import Limits, TurnTranslator, completion, letta_messages, local_completion
 from proxy.turns import TurnQueue
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 
 async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -49,14 +51,19 @@ async def chat_completions(
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
     client: Client = request.state.client
+    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+    created = int(time.time())
+    include_usage = data.stream_options is not None and data.stream_options.include_usage
+    task = detect_task(data.messages, request.headers) if settings.proxy_task_requests == "skip" else None
+    if task is not None:
+        header = ChunkHeader(completion_id, created, data.model or LOCAL_MODEL)
+        return _local_reply(local_answer(task, data.messages), header, data.stream, include_usage)
     limits = Limits(
         settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
     )
     messages = letta_messages(data, limits)
     agent = await routing.resolve(client, data.model, data.user)
     translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
     release = await turns.enter(agent.id)
     if data.stream:
         events = await letta.stream(agent, messages, on_close=release)
@@ -64,7 +71,7 @@ async def chat_completions(
             events,
             translator,
             ChunkHeader(completion_id, created, agent.name),
-            include_usage=data.stream_options is not None and data.stream_options.include_usage,
+            include_usage=include_usage,
             idle_seconds=settings.proxy_keepalive_seconds,
         )
         return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
@@ -73,6 +80,16 @@ async def chat_completions(
     finally:
         release()
     return Response(completion(response, translator, completion_id, created, agent.name))
+
+
+def _local_reply(
+    text: str, header: ChunkHeader, stream: bool, include_usage: bool
+) -> Response[protocol.ChatCompletion] | Stream:
+    """An answer given without any agent, in the form the client asked for."""
+    if stream:
+        frames = local_frames(header, text, include_usage)
+        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    return Response(local_completion(text, header.id, header.created, header.model))
 
 
 @get("/health", summary="Liveness: the process is up", include_in_schema=True)

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
         "openai",
         description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop.",
     )
+    proxy_task_requests: Literal["skip", "forward"] = Field(
+        "skip",
+        description="Open WebUI's background tasks (titles, tags...): answered here (skip) or sent on.",
+    )
     proxy_reasoning: bool = Field(
         False, description="Send the agent's reasoning as reasoning_content deltas."
     )
@@ -104,7 +108,9 @@ class Settings(BaseSettings):
     def _lists(cls, value: object) -> object:
         return _split_commas(value)
 
-    @field_validator("proxy_log_level", "proxy_tool_calls", "proxy_model_scope", mode="before")
+    @field_validator(
+        "proxy_log_level", "proxy_tool_calls", "proxy_model_scope", "proxy_task_requests", mode="before"
+    )
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

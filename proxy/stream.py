@@ -46,6 +46,17 @@ class ChunkHeader:
         return frame(protocol.ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage))
 
 
+def local_frames(header: ChunkHeader, text: str, include_usage: bool) -> list[bytes]:
+    """An answer the proxy gives itself, framed as a stream: text, finish, usage, [DONE]."""
+    frames = [
+        header.chunk(protocol.Delta(role="assistant", content=text)),
+        header.chunk(protocol.Delta(), "stop"),
+    ]
+    if include_usage:
+        frames.append(header.usage(protocol.Usage(0, 0, 0)))
+    return [*frames, DONE]
+
+
 async def paced(events: AsyncGenerator[object, None], idle_seconds: float) -> AsyncIterator[object]:
     """The events, with KEEPALIVE whenever Letta stays silent for `idle_seconds`.
 

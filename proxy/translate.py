@@ -312,3 +312,9 @@ def completion(
         translator.count(response.usage)
     choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
     return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)
+
+
+def local_completion(text: str, completion_id: str, created: int, model: str) -> protocol.ChatCompletion:
+    """An answer the proxy gives itself, with no agent involved (so no tokens counted)."""
+    choice = protocol.Choice(message=protocol.AssistantMessage(content=text), finish_reason="stop")
+    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=protocol.Usage(0, 0, 0))

@@ -342,3 +342,36 @@ def test_cors_allows_only_the_configured_origins(tmp_path: Path, letta: respx.Mo
         other = client.options(CHAT, headers={**PREFLIGHT, "Origin": "https://evil.example"})
     assert allowed.headers["access-control-allow-origin"] == "https://chat.example.com"
     assert "access-control-allow-origin" not in other.headers
+
+
+# --- Open WebUI background tasks ----------------------------------------------------------------
+
+OPEN_WEBUI = wire("openwebui/v0.12.4.json")["requests"]
+
+
+def test_an_open_webui_title_task_is_answered_without_the_agent(
+    client: TestClient, letta: respx.MockRouter
+) -> None:
+    """With PROXY_TASK_REQUESTS=skip (the default), a task never reaches Letta and still gets a valid answer."""
+    body = {**OPEN_WEBUI["title_generation"]["body"], "model": AGENT["name"]}
+    answer = client.post(CHAT, json=body).json()
+    assert json.loads(answer["choices"][0]["message"]["content"])["title"]
+    assert answer["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert not letta["send"].called
+
+
+def test_an_open_webui_task_may_stream(client: TestClient, letta: respx.MockRouter) -> None:
+    """A task asked as a stream gets a complete, well-framed stream."""
+    body = {**OPEN_WEBUI["tags_generation"]["body"], "model": AGENT["name"], "stream": True}
+    frames = [f for f in client.post(CHAT, json=body).text.split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]" and '"finish_reason":"stop"' in frames[-2]
+    assert not letta["send"].called
+
+
+def test_tasks_can_be_forwarded(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """PROXY_TASK_REQUESTS=forward sends them to the agent like any turn."""
+    with TestClient(create_app(make_settings(tmp_path, proxy_task_requests="forward"))) as client:
+        client.headers["X-Api-Key"] = KEY
+        body = {**OPEN_WEBUI["title_generation"]["body"], "model": AGENT["name"]}
+        assert client.post(CHAT, json=body).status_code == 200
+    assert letta["send"].called

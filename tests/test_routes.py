@@ -352,7 +352,7 @@ OPEN_WEBUI = wire("openwebui/v0.12.4.json")["requests"]
 def test_an_open_webui_title_task_is_answered_without_the_agent(
     client: TestClient, letta: respx.MockRouter
 ) -> None:
-    """With PROXY_TASK_REQUESTS=skip (the default), a task never reaches Letta and still gets a valid answer."""
+    """With PROXY_TASK_REQUESTS=skip (the default), a task never reaches Letta yet gets a valid answer."""
     body = {**OPEN_WEBUI["title_generation"]["body"], "model": AGENT["name"]}
     answer = client.post(CHAT, json=body).json()
     assert json.loads(answer["choices"][0]["message"]["content"])["title"]

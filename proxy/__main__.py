@@ -4,11 +4,13 @@ Granian rather than uvicorn because it measured faster on this app (wrk, 32 conn
 `/v1/models`, one worker, 2 cores: about 2,700 against 2,200 requests/s).
 """
 
+import argparse
 import logging
 import logging.config
 import sys
 from typing import Any
 
+import letta_client
 from granian import Granian
 from granian.constants import Interfaces
 from pydantic import ValidationError
@@ -17,35 +19,67 @@ from proxy.auth import load_clients
 from proxy.settings import Settings, describe_error
 
 log = logging.getLogger("proxy")
+STARTUP_CHECK_TIMEOUT = 3.0
 
 
-def logging_config(level: str) -> dict[str, Any]:
+def logging_config(level: str, form: str) -> dict[str, Any]:
     """One format for the proxy's and Granian's lines; the Letta client's per-request lines muted."""
-    handler = {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}
+    formatter = (
+        {"()": "proxy.observe.JsonFormatter"}
+        if form == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    handler = {"class": "logging.StreamHandler", "formatter": "main", "stream": "ext://sys.stderr"}
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+        "formatters": {"main": formatter},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {"httpx": {"level": "WARNING"}, "_granian": {"level": level.upper()}},
     }
 
 
+def usage() -> argparse.ArgumentParser:
+    """`--help` lists every setting, from the settings themselves, so it cannot drift from them."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        shown = "(none)" if default in (None, []) else default
+        lines.append(f"  {name.upper():<30} {field.description} [default: {shown}]")
+    return argparse.ArgumentParser(
+        prog="letta-openai-proxy",
+        description="An OpenAI-compatible gateway to the agents of a Letta server. It is configured by "
+        "environment variables only (a .env file in the working directory is read too):",
+        epilog="\n".join(lines),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def check_letta(settings: Settings) -> None:
+    """Says at start-up whether Letta answers; the proxy starts either way and /ready tells later."""
+    key = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
+    try:
+        with letta_client.Letta(
+            base_url=settings.letta_base_url, api_key=key, timeout=STARTUP_CHECK_TIMEOUT, max_retries=0
+        ) as client:
+            version = getattr(client.health(), "version", "?")
+        log.info("Letta at %s answered (version %s)", settings.letta_base_url, version)
+    except letta_client.APIError as exc:
+        log.warning("Letta at %s does not answer yet (%s)", settings.letta_base_url, exc.__class__.__name__)
+
+
 def main() -> None:
+    usage().parse_args()
     try:
         settings = Settings()
     except ValidationError as error:
         sys.exit(describe_error(error))
-    config = logging_config(settings.proxy_log_level)
+    config = logging_config(settings.proxy_log_level, settings.proxy_log_format)
     logging.config.dictConfig(config)
     load_clients(settings)  # here, so a key file problem stops start-up before any worker runs
-    log.info(
-        "listening on http://%s:%d, forwarding to Letta at %s",
-        settings.proxy_host,
-        settings.proxy_port,
-        settings.letta_base_url,
-    )
+    check_letta(settings)
+    log.info("listening on http://%s:%d", settings.proxy_host, settings.proxy_port)
     Granian(
         "proxy.app:app_from_environment",
         factory=True,

@@ -4,15 +4,32 @@ from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from proxy.auth import load_clients
 from proxy.errors import exception_handlers
 from proxy.letta import Letta
-from proxy.routes import probes, v1
+from proxy.observe import observe
+from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.sessions import open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
+
+OPENAPI = OpenAPIConfig(
+    title="letta-openai-proxy",
+    version="0.1.0",
+    description="Letta agents as OpenAI models: the OpenAI routes the proxy serves, and its probes.",
+    security=[{"bearer": []}, {"api_key": []}],
+    components=Components(
+        security_schemes={
+            "bearer": SecurityScheme(type="http", scheme="bearer"),
+            "api_key": SecurityScheme(type="apiKey", name="X-Api-Key", security_scheme_in="header"),
+        }
+    ),
+    path="/schema",
+)
 
 
 def _singleton(value: object) -> Provide:
@@ -26,8 +43,8 @@ def create_app(settings: Settings) -> Litestar:
         settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
     )
     routing = Routing(letta, store, settings.proxy_model_scope, settings.proxy_default_agent)
-    return Litestar(
-        route_handlers=[v1, *probes],
+    app = Litestar(
+        route_handlers=[v1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),
@@ -42,7 +59,11 @@ def create_app(settings: Settings) -> Litestar:
         if settings.proxy_cors_origins
         else None,
         logging_config=None,
+        openapi_config=OPENAPI,
     )
+    # Around Litestar's whole handler, not per route: requests that match no route are observed too.
+    app.asgi_handler = observe(app.asgi_handler)
+    return app
 
 
 def app_from_environment() -> Litestar:

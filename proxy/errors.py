@@ -9,6 +9,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
+from proxy.observe import upstream_error
 from proxy.protocol import ErrorBody, ErrorDetail
 
 log = logging.getLogger("proxy")
@@ -62,11 +63,14 @@ def unauthorized() -> ProxyError:
     return ProxyError(
         401,
         "Missing or invalid API key: send it as 'Authorization: Bearer <key>' or 'X-Api-Key: <key>'.",
+        type="authentication_error",  # what LiteLLM and others read to raise an authentication error
         code="invalid_api_key",
     )
 
 
 def _respond(error: ProxyError) -> Response[bytes]:
+    if error.status in (502, 503, 504):
+        upstream_error(error.code)
     headers = error.headers if error.retry_safe else {**error.headers, "x-should-retry": "false"}
     body = msgspec.json.encode(ErrorBody(error=error.detail()))
     return Response(body, status_code=error.status, media_type="application/json", headers=headers)

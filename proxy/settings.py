@@ -102,6 +102,9 @@ class Settings(BaseSettings):
     proxy_log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="Log level."
     )
+    proxy_log_format: Literal["text", "json"] = Field(
+        "text", description="text: readable lines; json: one JSON object per line, for log collectors."
+    )
 
     @field_validator("proxy_api_keys", "proxy_agents", "proxy_cors_origins", mode="before")
     @classmethod

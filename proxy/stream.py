@@ -16,6 +16,7 @@ import msgspec
 
 from proxy import protocol
 from proxy.errors import ProxyError
+from proxy.observe import upstream_error
 from proxy.translate import TurnTranslator, upstream_failure
 
 log = logging.getLogger("proxy")
@@ -109,5 +110,6 @@ async def sse_frames(
             yield header.usage(translator.usage)
     except ProxyError as error:
         log.warning("stream %s ended with an error: %s", header.id, error.message)
+        upstream_error(error.code)
         yield frame(protocol.ErrorBody(error=error.detail()))
     yield DONE

@@ -375,3 +375,28 @@ def test_tasks_can_be_forwarded(tmp_path: Path, letta: respx.MockRouter) -> None
         body = {**OPEN_WEBUI["title_generation"]["body"], "model": AGENT["name"]}
         assert client.post(CHAT, json=body).status_code == 200
     assert letta["send"].called
+
+
+# --- LiteLLM's health checks ----------------------------------------------------------------------
+
+PROBE = {"X-Letta-Proxy-Health-Check": "1"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_health_check_is_answered_without_a_turn(
+    client: TestClient, letta: respx.MockRouter, stream: bool
+) -> None:
+    """The marked probe checks key, Letta and agent, then answers empty: nothing reaches the agent's memory."""
+    response = client.post(CHAT, json={**HELLO, "stream": stream}, headers=PROBE)
+    assert response.status_code == 200 and not letta["send"].called
+    assert letta["agents"].called
+    if not stream:
+        assert response.json()["choices"][0]["message"]["content"] == ""
+        assert response.json()["model"] == AGENT["name"]
+
+
+def test_a_health_check_still_reports_an_unknown_agent(client: TestClient, letta: respx.MockRouter) -> None:
+    """A probe for an agent that does not exist is unhealthy: 404, like a real request."""
+    assert_openai_error(
+        client.post(CHAT, json={**HELLO, "model": "gone"}, headers=PROBE), 404, "model_not_found"
+    )

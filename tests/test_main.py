@@ -1,0 +1,43 @@
+"""__main__.py: the command a person runs first: --help, and what start-up says."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from proxy.settings import Settings
+from tests.conftest import KEY
+from tests.proxy_process import PROJECT_ROOT, free_port, running_proxy
+
+
+def test_help_lists_every_setting(tmp_path: Path) -> None:
+    """`--help` names each environment variable with its meaning, and starts nothing."""
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert [name for name in Settings.model_fields if name.upper() not in done.stdout] == []
+
+
+def test_start_up_says_where_it_listens_which_letta_and_whether_it_answered(tmp_path: Path) -> None:
+    """The first lines tell the Letta URL, that it does not answer (nothing there), and the address."""
+    letta = f"http://127.0.0.1:{free_port()}"
+    with running_proxy(tmp_path, KEY, LETTA_BASE_URL=letta) as proxy:
+        output = proxy.output()
+    assert f"Letta at {letta} does not answer yet" in output
+    assert f"listening on {proxy.url}" in output
+
+
+def test_start_up_names_the_generated_key_file_but_not_the_key(tmp_path: Path) -> None:
+    """Without PROXY_API_KEYS the log points at the key file; the key itself never appears."""
+    with running_proxy(
+        tmp_path, KEY, PROXY_API_KEYS="", LETTA_BASE_URL=f"http://127.0.0.1:{free_port()}"
+    ) as proxy:
+        output = proxy.output()
+    key_file = tmp_path / "proxy-api-key.json"
+    assert str(key_file) in output
+    assert key_file.read_text().split('"')[3] not in output

@@ -386,7 +386,7 @@ PROBE = {"X-Letta-Proxy-Health-Check": "1"}
 def test_a_health_check_is_answered_without_a_turn(
     client: TestClient, letta: respx.MockRouter, stream: bool
 ) -> None:
-    """The marked probe checks key, Letta and agent, then answers empty: nothing reaches the agent's memory."""
+    """The marked probe checks key, Letta and agent, then answers empty: nothing reaches the agent."""
     response = client.post(CHAT, json={**HELLO, "stream": stream}, headers=PROBE)
     assert response.status_code == 200 and not letta["send"].called
     assert letta["agents"].called

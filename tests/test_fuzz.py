@@ -1,4 +1,4 @@
-"""Hostile input: thousands of generated requests never get a 5xx, a trace, or a body out of OpenAI's shape."""
+"""Hostile input: thousands of generated requests never get a 5xx, a trace, or a non-OpenAI error body."""
 
 import json
 from collections.abc import Iterator

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import letta_client
@@ -111,6 +111,7 @@ class Letta:
         self._lock = asyncio.Lock()
         self._ready = False
         self._ready_at = -float("inf")
+        self._has_conversations: bool | None = None
 
     async def aclose(self) -> None:
         if self._background:
@@ -152,17 +153,19 @@ class Letta:
         turn = _with_otids(messages)
         return await self._retrying(lambda: self._client.agents.messages.create(agent.id, messages=turn))
 
-    def _cancel_soon(self, agent: Agent, run_id: str) -> None:
+    def _cancel_soon(self, agent: Agent, run_id: str, conversation: str | None) -> None:
         """Stops a run nobody will read any more, in the background: the caller is being torn down."""
-        task = asyncio.get_running_loop().create_task(self._cancel(agent, run_id))
+        task = asyncio.get_running_loop().create_task(self._cancel(agent, run_id, conversation))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _cancel(self, agent: Agent, run_id: str) -> None:
+    async def _cancel(self, agent: Agent, run_id: str, conversation: str | None) -> None:
+        client = self._client.with_options(timeout=CANCEL_TIMEOUT)
         try:
-            await self._client.with_options(timeout=CANCEL_TIMEOUT).agents.messages.cancel(
-                agent.id, run_ids=[run_id]
-            )
+            if conversation:
+                await client.conversations.cancel(conversation)
+            else:
+                await client.agents.messages.cancel(agent.id, run_ids=[run_id])
             log.info("cancelled run %s of agent %s", run_id, agent.id)
         except UPSTREAM_ERRORS as exc:
             log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
@@ -183,20 +186,49 @@ class Letta:
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
 
+    async def conversations(self) -> bool:
+        """Whether this Letta has conversations (Letta Cloud, newer servers; 0.16.8 has none).
+
+        Asked once; a Letta that cannot be reached leaves the question open for the next time.
+        """
+        if self._has_conversations is None:
+            try:
+                await self._client.conversations.list(limit=1)
+                self._has_conversations = True
+            except letta_client.APIStatusError:
+                self._has_conversations = False
+            except UPSTREAM_ERRORS:
+                return False
+            log.info("Letta conversations: %s", "available" if self._has_conversations else "not offered")
+        return self._has_conversations
+
+    async def open_conversation(self, agent: Agent) -> str:
+        """A new conversation of the agent: a separate chat beside its default history."""
+        created = await self._call(lambda: self._client.conversations.create(agent_id=agent.id), sent=False)
+        return created.id
+
     async def stream(
-        self, agent: Agent, messages: Iterable[MessageCreateParam], on_close: Callable[[], None]
+        self,
+        agent: Agent,
+        messages: Iterable[MessageCreateParam],
+        on_close: Callable[[], None],
+        conversation: str | None = None,
     ) -> AsyncGenerator[object, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
         error, not an error inside a 200 stream. `on_close` runs once the stream is over, however it ends.
         """
-        events = self._events(agent, messages, on_close)
+        events = self._events(agent, messages, on_close, conversation)
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
         return events
 
     async def _events(
-        self, agent: Agent, messages: Iterable[MessageCreateParam], on_close: Callable[[], None]
+        self,
+        agent: Agent,
+        messages: Iterable[MessageCreateParam],
+        on_close: Callable[[], None],
+        conversation: str | None,
     ) -> AsyncGenerator[object, None]:
         """Yields None once the first event is in, then the events.
 
@@ -205,9 +237,17 @@ class Letta:
         """
         try:
             turn = _with_otids(messages)
+            options: dict[str, Any] = {
+                "messages": turn,
+                "streaming": True,
+                "stream_tokens": True,
+                "include_pings": True,
+            }
             upstream = await self._retrying(
-                lambda: self._client.agents.messages.create(
-                    agent.id, messages=turn, streaming=True, stream_tokens=True, include_pings=True
+                lambda: (
+                    self._client.conversations.messages.create(conversation, **options)
+                    if conversation
+                    else self._client.agents.messages.create(agent.id, **options)
                 )
             )
             events = aiter(upstream)
@@ -225,7 +265,7 @@ class Letta:
             finally:
                 await upstream.close()
                 if not stopped and run_id is not None:
-                    self._cancel_soon(agent, run_id)
+                    self._cancel_soon(agent, run_id, conversation)
         finally:
             on_close()
 

@@ -20,7 +20,14 @@ from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
-from proxy.translate import Limits, TurnTranslator, completion, letta_messages, local_completion
+from proxy.translate import (
+    Limits,
+    TurnTranslator,
+    completion,
+    letta_messages,
+    local_completion,
+    streamed_completion,
+)
 from proxy.turns import TurnQueue
 
 _ERROR = ResponseSpec(protocol.ErrorBody, description="An OpenAI error", generate_examples=False)
@@ -36,6 +43,7 @@ CHAT_RESPONSES = {
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
+CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 
@@ -87,22 +95,31 @@ async def chat_completions(
     agent = await routing.resolve(client, data.model, data.user)
     translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
     request.state.agent, request.state.turn = agent.name, translator  # for the access log
-    release = await turns.enter(agent.id)
-    if data.stream:
-        events = await letta.stream(agent, messages, on_close=release)
-        frames = sse_frames(
-            events,
-            translator,
-            ChunkHeader(completion_id, created, agent.name),
-            include_usage=include_usage,
-            idle_seconds=settings.proxy_keepalive_seconds,
-        )
-        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+    chat_key = await routing.chat_key(request.headers.get(CHAT_KEY_HEADER))
+    release = await turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
     try:
-        response = await letta.send(agent, messages)
-    finally:
+        conversation = await routing.conversation(client, agent, chat_key) if chat_key else None
+        if data.stream or conversation:
+            events = await letta.stream(agent, messages, on_close=release, conversation=conversation)
+        else:
+            response = await letta.send(agent, messages)
+    except BaseException:
         release()
-    return Response(completion(response, translator, completion_id, created, agent.name))
+        raise
+    if not data.stream and not conversation:
+        release()
+        return Response(completion(response, translator, completion_id, created, agent.name))
+    if not data.stream:  # a conversation's turn, which Letta only streams: gathered whole
+        gathered = [event async for event in events]
+        return Response(streamed_completion(gathered, translator, completion_id, created, agent.name))
+    frames = sse_frames(
+        events,
+        translator,
+        ChunkHeader(completion_id, created, agent.name),
+        include_usage=include_usage,
+        idle_seconds=settings.proxy_keepalive_seconds,
+    )
+    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _is_health_check(request: Request) -> bool:

@@ -1,15 +1,18 @@
 """Which agent a request goes to: the model it names, else the agent its scope last chose, else the default.
 
 With PROXY_MODEL_SCOPE `global` or `session`, naming a model also makes that agent the default for later
-requests without one: for the whole key (`global`), or for one `user` of it (`session`). That memory is
-kept per client key, so one tenant can never steer another's choice.
+requests without one: for the whole key (`global`), or for one `user` of it (`session`). Where Letta has
+conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats. That memory is
+kept per client key, so one tenant can never steer or see another's.
 """
 
 from proxy.auth import Client
-from proxy.errors import ProxyError, model_not_found
+from proxy.errors import ProxyError, bad_request, model_not_found
 from proxy.letta import Agent, Letta
 from proxy.sessions import SessionStore, SessionStoreError
 from proxy.settings import ModelScope
+
+MAX_CHAT_KEY = 256
 
 
 class Routing:
@@ -32,7 +35,7 @@ class Routing:
             if agent is None:
                 raise model_not_found(model)
             if session is not None:
-                await self._remember(client, session, agent)
+                await self._remember(client, session, agent.id)
             return agent
         if session is not None and (chosen := _find(agents, await self._recall(client, session))):
             return chosen
@@ -43,6 +46,24 @@ class Routing:
             )
         return default or agents[0]
 
+    async def chat_key(self, header: str | None) -> str | None:
+        """The client's chat key, when it gave one and this Letta can keep separate conversations."""
+        if not header:
+            return None
+        if len(header) > MAX_CHAT_KEY:
+            raise bad_request(
+                f"The chat key is longer than {MAX_CHAT_KEY} characters.", param="X-Letta-Chat-Key"
+            )
+        return header if await self._letta.conversations() else None
+
+    async def conversation(self, client: Client, agent: Agent, chat_key: str) -> str:
+        """The Letta conversation pinned to this key's chat with the agent, made on first use."""
+        remembered = f"conversation:{agent.id}:{chat_key}"
+        if (conversation := await self._recall(client, remembered)) is None:
+            conversation = await self._letta.open_conversation(agent)
+            await self._remember(client, remembered, conversation)
+        return conversation
+
     def _session_key(self, user: str | None) -> str | None:
         if self._scope == "request":
             return None
@@ -50,15 +71,15 @@ class Routing:
             return "global"
         return f"openai:{user or 'default'}"
 
-    async def _remember(self, client: Client, session: str, agent: Agent) -> None:
+    async def _remember(self, client: Client, key: str, value: str) -> None:
         try:
-            await self._store.set(client.namespace, session, agent.id)
+            await self._store.set(client.namespace, key, value)
         except SessionStoreError as exc:
             raise _store_down() from exc
 
-    async def _recall(self, client: Client, session: str) -> str | None:
+    async def _recall(self, client: Client, key: str) -> str | None:
         try:
-            return await self._store.get(client.namespace, session)
+            return await self._store.get(client.namespace, key)
         except SessionStoreError as exc:
             raise _store_down() from exc
 

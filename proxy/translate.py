@@ -314,6 +314,15 @@ def completion(
     return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)
 
 
+def streamed_completion(
+    events: list[object], translator: TurnTranslator, completion_id: str, created: int, model: str
+) -> protocol.ChatCompletion:
+    """A whole `chat.completion` from a turn that Letta could only stream (a conversation's)."""
+    deltas = [delta for event in events if (delta := translator.feed(event)) is not None]
+    choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
+    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)
+
+
 def local_completion(text: str, completion_id: str, created: int, model: str) -> protocol.ChatCompletion:
     """An answer the proxy gives itself, with no agent involved (so no tokens counted)."""
     choice = protocol.Choice(message=protocol.AssistantMessage(content=text), finish_reason="stop")

@@ -11,7 +11,7 @@ import respx
 from litestar.testing import TestClient
 
 from proxy.app import create_app
-from tests.conftest import AGENT, agents_page, make_settings
+from tests.conftest import AGENT, agents_page, make_settings, sse
 from tests.letta_captures import wire
 from tests.redis_server import running_redis
 
@@ -140,3 +140,68 @@ def test_a_redis_outage_is_a_503_not_a_guess(tmp_path: Path, two_agents: respx.M
     with app(tmp_path, proxy_model_scope="session", proxy_redis_url=url) as client:
         response = ask(client, "sk-all", user="erin")
         assert response.status_code == 503 and response.json()["error"]["code"] == "session_store_unavailable"
+
+
+# --- Letta conversations --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def conversations(letta: respx.MockRouter) -> respx.MockRouter:
+    """A Letta that offers conversations (as Letta Cloud does), answering their turns from the stream capture."""
+    created = iter(range(1, 100))
+
+    def create(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["agent_id"] == AGENT["id"]
+        return httpx.Response(200, json={"id": f"conv-{next(created)}", "agent_id": AGENT["id"]})
+
+    letta.get("/v1/conversations/", name="probe").mock(return_value=httpx.Response(200, json=[]))
+    letta.post("/v1/conversations/", name="create").mock(side_effect=create)
+    letta.post(url__regex=r"/v1/conversations/conv-\d+/messages", name="turn").mock(
+        side_effect=lambda request: sse("stream_tokens.sse")
+    )
+    return letta
+
+
+def chat_key(key: str) -> dict[str, str]:
+    return {"X-Api-Key": "sk-all", "X-Letta-Chat-Key": key}
+
+
+def test_a_chat_key_pins_one_conversation(proxy: TestClient, conversations: respx.MockRouter) -> None:
+    """The same key reuses its conversation; another key opens another; no key uses the agent's history."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    for key in ("chat-a", "chat-a", "chat-b"):
+        answer = proxy.post(CHAT, json=body, headers=chat_key(key))
+        assert answer.json()["choices"][0]["message"]["content"] == "Echo: stream me token by token"
+    turns = [call.request.url.path for call in conversations["turn"].calls]
+    assert turns == ["/v1/conversations/conv-1/messages"] * 2 + ["/v1/conversations/conv-2/messages"]
+    assert conversations["create"].call_count == 2 and conversations["probe"].call_count == 1
+    assert proxy.post(CHAT, json=body, headers={"X-Api-Key": "sk-all"}).status_code == 200
+    assert conversations["send"].called
+
+
+def test_a_conversation_turn_streams_like_any_other(proxy: TestClient, conversations: respx.MockRouter) -> None:
+    """Streaming through a conversation gives the same frames, and asks Letta for tokens."""
+    body = {"model": AGENT["name"], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    frames = [f for f in proxy.post(CHAT, json=body, headers=chat_key("s")).text.split("\n\n") if f]
+    assert frames[-1] == "data: [DONE]"
+    sent = json.loads(conversations["turn"].calls.last.request.content)
+    assert (sent["streaming"], sent["stream_tokens"]) == (True, True)
+
+
+def test_chat_keys_of_different_tenants_never_share_a_conversation(
+    tmp_path: Path, two_agents: respx.MockRouter, conversations: respx.MockRouter
+) -> None:
+    """Two keys using the same chat key get two conversations: the pin is kept per client key."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    with app(tmp_path, proxy_api_keys="sk-a,sk-b") as client:
+        for key in ("sk-a", "sk-b"):
+            client.post(CHAT, json=body, headers={"X-Api-Key": key, "X-Letta-Chat-Key": "same"})
+    assert conversations["create"].call_count == 2
+
+
+def test_without_conversations_the_chat_key_is_ignored(proxy: TestClient, letta: respx.MockRouter) -> None:
+    """A Letta without conversations (the open-source 0.16.8) keeps every turn in the agent's history."""
+    letta.get("/v1/conversations/").mock(return_value=httpx.Response(404, json={"detail": "Not Found"}))
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    assert proxy.post(CHAT, json=body, headers=chat_key("x")).status_code == 200
+    assert letta["send"].called

@@ -147,7 +147,7 @@ def test_a_redis_outage_is_a_503_not_a_guess(tmp_path: Path, two_agents: respx.M
 
 @pytest.fixture
 def conversations(letta: respx.MockRouter) -> respx.MockRouter:
-    """A Letta that offers conversations (as Letta Cloud does), answering their turns from the stream capture."""
+    """A Letta that offers conversations, answering their turns from the stream capture."""
     created = iter(range(1, 100))
 
     def create(request: httpx.Request) -> httpx.Response:
@@ -179,7 +179,9 @@ def test_a_chat_key_pins_one_conversation(proxy: TestClient, conversations: resp
     assert conversations["send"].called
 
 
-def test_a_conversation_turn_streams_like_any_other(proxy: TestClient, conversations: respx.MockRouter) -> None:
+def test_a_conversation_turn_streams_like_any_other(
+    proxy: TestClient, conversations: respx.MockRouter
+) -> None:
     """Streaming through a conversation gives the same frames, and asks Letta for tokens."""
     body = {"model": AGENT["name"], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     frames = [f for f in proxy.post(CHAT, json=body, headers=chat_key("s")).text.split("\n\n") if f]

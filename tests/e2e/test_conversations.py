@@ -20,8 +20,11 @@ def test_two_chat_keys_keep_two_separate_conversations_with_one_agent(
     agent = make_agent()
     alpha, beta = f"alpha-{uuid.uuid4().hex[:8]}", f"beta-{uuid.uuid4().hex[:8]}"
     for key, text in (("chat-1", alpha), ("chat-2", beta), ("chat-1", alpha + "-again")):
-        answer = client.chat.completions.create(model=agent.name, messages=[{"role": "user", "content": text}],
-                                                extra_headers={"X-Letta-Chat-Key": key})
+        answer = client.chat.completions.create(
+            model=agent.name,
+            messages=[{"role": "user", "content": text}],
+            extra_headers={"X-Letta-Chat-Key": key},
+        )
         assert answer.choices[0].message.content == f"Echo: {text}"
     conversations = [c.id for c in letta.conversations.list(agent_id=agent.id)]
     assert len(conversations) == 2

@@ -17,6 +17,11 @@ def messages(letta: Letta, agent_id: str) -> list[tuple[str, str, str | None]]:
     return out
 
 
+def user_texts(letta: Letta, agent_id: str) -> list[str]:
+    """The texts of the agent's user messages, oldest first."""
+    return [text for kind, text, _ in messages(letta, agent_id) if kind == "user_message"]
+
+
 def runs(letta: Letta, agent_id: str) -> list[Run]:
     """The agent's runs, oldest first (filtered here too: the server may return other agents' runs)."""
     found = {run.id: run for run in letta.runs.list(agent_id=agent_id, limit=100) if run.agent_id == agent_id}

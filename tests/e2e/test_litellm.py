@@ -41,6 +41,8 @@ import pytest
 from letta_client import Letta
 from letta_client.types import AgentState
 
+from tests.e2e.letta_history import runs, user_texts
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = PROJECT_ROOT / "deploy" / "litellm" / "config.yaml"
 REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
@@ -72,29 +74,9 @@ def _marker() -> str:
     return uuid.uuid4().hex[:10]
 
 
-def _user_texts(letta: Letta, agent_id: str) -> list[str]:
-    """The texts of the agent's ``user_message`` history entries, oldest first."""
-    texts = []
-    for m in letta.agents.messages.list(agent_id, order="asc", limit=500):
-        if m.message_type != "user_message":
-            continue
-        content = m.content
-        if isinstance(content, str):
-            texts.append(content)
-        else:
-            texts.append(" ".join(getattr(part, "text", None) or str(part) for part in content))
-    return texts
-
-
-def _runs(letta: Letta, agent_id: str) -> list[Any]:
-    """The agent's Letta runs, newest first: one per turn that reached Letta, failed ones included."""
-    runs = list(letta.runs.list(agent_id=agent_id, limit=100, order="desc").items)
-    return sorted(runs, key=lambda r: r.created_at, reverse=True)
-
-
 def _letta_usage(letta: Letta, agent_id: str) -> tuple[int, int, int]:
     """Letta's own token count for the agent's newest run."""
-    usage = letta.runs.usage.retrieve(_runs(letta, agent_id)[0].id)
+    usage = letta.runs.usage.retrieve(runs(letta, agent_id)[-1].id)
     return usage.prompt_tokens, usage.completion_tokens, usage.total_tokens
 
 
@@ -346,7 +328,7 @@ def test_library_sync(
     assert sent.status == 200
     assert usage == _usage_tuple(sent.json()["usage"])
     assert usage == _letta_usage(letta, agent.id)
-    assert any(text in t for t in _user_texts(letta, agent.id))
+    assert any(text in t for t in user_texts(letta, agent.id))
 
 
 def test_library_stream(litellm: ModuleType, wire: Wire, proxy_url: str, api_key: str, agent: AgentState):
@@ -518,8 +500,8 @@ def test_probe_header_is_answered_without_the_agent(
             assert resp.choices[0].finish_reason == "stop"
             assert resp.model == agent.name
         assert not (content or "").startswith("Echo:"), "the probe reached the agent"
-    assert _user_texts(letta, agent.id) == []
-    assert _runs(letta, agent.id) == []
+    assert user_texts(letta, agent.id) == []
+    assert runs(letta, agent.id) == []
 
 
 def test_probe_header_still_checks_key_and_agent(litellm: ModuleType, proxy_url: str, api_key: str):
@@ -561,15 +543,15 @@ def test_example_config_health_check_in_process(
     assert len(probes) == 2
     assert all(p.request.headers.get(HEALTH_HEADER) == "1" for p in probes)
     assert {json.loads(p.request.content)["messages"][0]["content"] for p in probes} <= set(HEALTH_PROMPTS)
-    assert _user_texts(letta, agent.id) == []
-    assert _runs(letta, agent.id) == []
+    assert user_texts(letta, agent.id) == []
+    assert runs(letta, agent.id) == []
 
     wire.clear()
     text = f"after the health check {_marker()}"
     resp = router.completion(model=agent.name, messages=[{"role": "user", "content": text}])
     assert resp.choices[0].message.content == f"Echo: {text}"
     assert HEALTH_HEADER not in wire.last_chat().request.headers
-    assert _user_texts(letta, agent.id) == [text]
+    assert user_texts(letta, agent.id) == [text]
 
 
 def test_example_config_never_resends_a_failed_turn(
@@ -584,13 +566,13 @@ def test_example_config_never_resends_a_failed_turn(
     del without["litellm_params"]["num_retries"]
     for model_list, expected_sends in (([entry], 1), ([without], 3)):
         router = litellm.Router(model_list=model_list)
-        before = len(_runs(letta, broken_agent.id))
+        before = len(runs(letta, broken_agent.id))
         with pytest.raises(litellm.BadGatewayError) as exc:
             router.completion(
                 model=broken_agent.name, messages=[{"role": "user", "content": f"fail {_marker()}"}]
             )
         assert exc.value.status_code == 502
-        assert len(_runs(letta, broken_agent.id)) - before == expected_sends
+        assert len(runs(letta, broken_agent.id)) - before == expected_sends
 
 
 # ---------------------------------------------------------------- the LiteLLM proxy server
@@ -713,7 +695,7 @@ def litellm_server(
             )
         time.sleep(1.0)
 
-    yield LiteLLMServer(url, master_key, agent, ghosts, broken_agent, len(_runs(letta, agent.id)), health)
+    yield LiteLLMServer(url, master_key, agent, ghosts, broken_agent, len(runs(letta, agent.id)), health)
     _stop(proc)
     log.close()
 
@@ -735,7 +717,7 @@ def test_server_sync(litellm_server: LiteLLMServer, letta: Letta):
     assert resp.choices[0].message.content == f"Echo: {text}"
     assert resp.choices[0].finish_reason == "stop"
     assert _assert_usage(resp.usage) == _letta_usage(letta, server.agent.id)
-    assert any(text in t for t in _user_texts(letta, server.agent.id))
+    assert any(text in t for t in user_texts(letta, server.agent.id))
 
 
 def test_server_stream(litellm_server: LiteLLMServer, letta: Letta):
@@ -794,7 +776,7 @@ def test_server_health_checks_never_reach_the_agent(litellm_server: LiteLLMServe
     assert {f"openai/{ghost}" for ghost in server.ghosts} <= unhealthy.keys(), server.health
     assert all("does not exist" in unhealthy[f"openai/{ghost}"]["error"] for ghost in server.ghosts)
     assert server.runs_after_first_health_cycle == 0, "LiteLLM's health check ran a turn on the agent"
-    texts = _user_texts(letta, server.agent.id)
+    texts = user_texts(letta, server.agent.id)
     assert not [t for t in texts if any(p in t for p in HEALTH_PROMPTS)], texts
 
     text = f"real traffic after the health check {_marker()}"
@@ -803,16 +785,16 @@ def test_server_health_checks_never_reach_the_agent(litellm_server: LiteLLMServe
             model=server.agent.name, messages=[{"role": "user", "content": text}]
         )
     assert resp.choices[0].message.content == f"Echo: {text}"
-    assert any(text in t for t in _user_texts(letta, server.agent.id))
+    assert any(text in t for t in user_texts(letta, server.agent.id))
 
 
 def test_server_never_resends_a_failed_turn(litellm_server: LiteLLMServer, letta: Letta):
     """A turn that fails in Letta (proxy: 502, x-should-retry: false) goes to Letta once, not three times."""
     server = litellm_server
-    before = len(_runs(letta, server.broken.id))
+    before = len(runs(letta, server.broken.id))
     with server.client() as client, pytest.raises(openai.APIStatusError) as exc:
         client.chat.completions.create(
             model=server.broken.name, messages=[{"role": "user", "content": f"fail {_marker()}"}]
         )
     assert exc.value.status_code >= 500
-    assert len(_runs(letta, server.broken.id)) - before == 1
+    assert len(runs(letta, server.broken.id)) - before == 1

@@ -18,28 +18,12 @@ from letta_client import Letta
 from letta_client.types import AgentState
 from openai.types.chat import ChatCompletionChunk
 
+from tests.e2e.letta_history import user_texts
+
 
 def _marker() -> str:
     """A short unique token, so a text can be found in an agent's history without ambiguity."""
     return uuid.uuid4().hex[:10]
-
-
-def _user_texts(letta: Letta, agent_id: str) -> list[str]:
-    """The texts of the agent's ``user_message`` history entries, oldest first.
-
-    Letta gives a user message's content as a plain string or as a list of text parts (older agent
-    types wrap the text in JSON); callers match with ``in`` so every shape works.
-    """
-    texts = []
-    for m in letta.agents.messages.list(agent_id, order="asc", limit=500):
-        if m.message_type != "user_message":
-            continue
-        content = m.content
-        if isinstance(content, str):
-            texts.append(content)
-        else:
-            texts.append(" ".join(getattr(part, "text", None) or str(part) for part in content))
-    return texts
 
 
 def _stream(client: openai.OpenAI, **kwargs) -> list[ChatCompletionChunk]:
@@ -270,7 +254,7 @@ def test_only_new_turns_forwarded(client: openai.OpenAI, letta: Letta, make_agen
         ],
     )
     assert resp.choices[0].message.content == f"Echo: {second}"
-    texts = _user_texts(letta, agent.id)
+    texts = user_texts(letta, agent.id)
     assert any(second in t for t in texts), texts
     assert not any(first in t for t in texts), texts
 
@@ -292,7 +276,7 @@ def test_new_user_turns_forwarded_in_order(
     )
     content = resp.choices[0].message.content
     assert content and content.startswith("Echo: ") and two in content
-    history = "\n".join(_user_texts(letta, agent.id))
+    history = "\n".join(user_texts(letta, agent.id))
     assert old not in history
     assert one in history and two in history, history
     assert history.index(one) < history.index(two)

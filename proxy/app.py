@@ -13,6 +13,7 @@ from proxy.letta import Letta
 from proxy.observe import observe
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
+from proxy.serving import Chat
 from proxy.sessions import open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
@@ -48,8 +49,7 @@ def create_app(settings: Settings) -> Litestar:
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),
-            "turns": _singleton(TurnQueue(settings.proxy_queue_timeout)),
-            "settings": _singleton(settings),
+            "chat": _singleton(Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)),
         },
         exception_handlers=exception_handlers,
         on_shutdown=[letta.aclose, store.aclose],

@@ -1,7 +1,4 @@
-"""The HTTP handlers: parse, call Letta, answer. Thin on purpose; the work is in translate and stream."""
-
-import time
-import uuid
+"""The HTTP handlers: parse, call, answer. Thin on purpose; the work is in serving, translate and stream."""
 
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
@@ -12,23 +9,12 @@ from litestar.params import JSONBody
 from litestar.response import Stream
 
 from proxy import protocol
-from proxy.auth import Client, identify, presented_key
+from proxy.auth import identify, presented_key
 from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.observe import exposition
 from proxy.routing import Routing
-from proxy.settings import Settings
-from proxy.stream import ChunkHeader, local_frames, sse_frames
-from proxy.tasks import detect_task, local_answer
-from proxy.translate import (
-    Limits,
-    TurnTranslator,
-    completion,
-    letta_messages,
-    local_completion,
-    streamed_completion,
-)
-from proxy.turns import TurnQueue
+from proxy.serving import Chat
 
 _ERROR = ResponseSpec(protocol.ErrorBody, description="An OpenAI error", generate_examples=False)
 ERRORS = {status: _ERROR for status in (400, 401, 404, 413, 429, 502, 503, 504)}
@@ -42,9 +28,6 @@ CHAT_RESPONSES = {
     ),
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
-CHAT_KEY_HEADER = "x-letta-chat-key"
-LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 
 async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -69,72 +52,14 @@ async def list_models(request: Request, routing: NamedDependency[Routing]) -> pr
     responses=CHAT_RESPONSES,
 )
 async def chat_completions(
-    request: Request,
-    data: JSONBody[protocol.ChatCompletionRequest],
-    letta: NamedDependency[Letta],
-    routing: NamedDependency[Routing],
-    turns: NamedDependency[TurnQueue],
-    settings: NamedDependency[Settings],
+    request: Request, data: JSONBody[protocol.ChatCompletionRequest], chat: NamedDependency[Chat]
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
-    client: Client = request.state.client
-    completion_id = f"chatcmpl-{uuid.uuid4().hex}"
-    created = int(time.time())
-    include_usage = data.stream_options is not None and data.stream_options.include_usage
-    task = detect_task(data.messages, request.headers) if settings.proxy_task_requests == "skip" else None
-    if task is not None:
-        header = ChunkHeader(completion_id, created, data.model or LOCAL_MODEL)
-        return _local_reply(local_answer(task, data.messages), header, data.stream, include_usage)
-    if _is_health_check(request):
-        agent = await routing.resolve(client, data.model, data.user)  # the key, Letta and the agent answer
-        return _local_reply("", ChunkHeader(completion_id, created, agent.name), data.stream, include_usage)
-    limits = Limits(
-        settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
-    )
-    messages = letta_messages(data, limits)
-    agent = await routing.resolve(client, data.model, data.user)
-    translator = TurnTranslator(settings.proxy_tool_calls, settings.proxy_reasoning)
-    request.state.agent, request.state.turn = agent.name, translator  # for the access log
-    chat_key = await routing.chat_key(request.headers.get(CHAT_KEY_HEADER))
-    release = await turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
-    try:
-        conversation = await routing.conversation(client, agent, chat_key) if chat_key else None
-        if data.stream or conversation:
-            events = await letta.stream(agent, messages, on_close=release, conversation=conversation)
-        else:
-            response = await letta.send(agent, messages)
-    except BaseException:
-        release()
-        raise
-    if not data.stream and not conversation:
-        release()
-        return Response(completion(response, translator, completion_id, created, agent.name))
-    if not data.stream:  # a conversation's turn, which Letta only streams: gathered whole
-        gathered = [event async for event in events]
-        return Response(streamed_completion(gathered, translator, completion_id, created, agent.name))
-    frames = sse_frames(
-        events,
-        translator,
-        ChunkHeader(completion_id, created, agent.name),
-        include_usage=include_usage,
-        idle_seconds=settings.proxy_keepalive_seconds,
-    )
-    return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def _is_health_check(request: Request) -> bool:
-    """LiteLLM's health checks carry it (from `health_check_params`); real traffic never does."""
-    return request.headers.get(HEALTH_CHECK_HEADER, "").strip().lower() in ("1", "true")
-
-
-def _local_reply(
-    text: str, header: ChunkHeader, stream: bool, include_usage: bool
-) -> Response[protocol.ChatCompletion] | Stream:
-    """An answer given without any agent, in the form the client asked for."""
-    if stream:
-        frames = local_frames(header, text, include_usage)
-        return Stream(frames, media_type="text/event-stream", headers=SSE_HEADERS)
-    return Response(local_completion(text, header.id, header.created, header.model))
+    served = await chat.serve(request.state.client, data, request.headers)
+    request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
+    if isinstance(served.answer, protocol.ChatCompletion):
+        return Response(served.answer)
+    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @get("/health", summary="Liveness: the process is up", security=[{}])

@@ -1,0 +1,118 @@
+"""Serving one chat completion: from a parsed request to a whole answer or the frames of a stream.
+
+Three paths: an Open WebUI background task or a LiteLLM health check, both answered here without any
+agent; or a real turn, which waits for the agent's previous turns, goes to the agent's history or to
+the conversation a chat key pins, and comes back whole or streamed.
+"""
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from proxy import protocol
+from proxy.auth import Client
+from proxy.letta import Letta
+from proxy.routing import Routing
+from proxy.settings import Settings
+from proxy.stream import ChunkHeader, local_frames, sse_frames
+from proxy.tasks import detect_task, local_answer
+from proxy.translate import (
+    Limits,
+    TurnTranslator,
+    completion,
+    letta_messages,
+    local_completion,
+    streamed_completion,
+)
+from proxy.turns import TurnQueue
+
+HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
+CHAT_KEY_HEADER = "x-letta-chat-key"
+LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
+
+Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The answer (a completion, or stream frames), and what the access log says of it."""
+
+    answer: Answer
+    agent: str | None = None
+    turn: TurnTranslator | None = None
+
+
+class Chat:
+    def __init__(self, letta: Letta, routing: Routing, turns: TurnQueue, settings: Settings) -> None:
+        self._letta = letta
+        self._routing = routing
+        self._turns = turns
+        self._settings = settings
+        self._limits = Limits(
+            settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
+        )
+
+    async def serve(
+        self, client: Client, request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
+    ) -> Served:
+        header = ChunkHeader(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model or LOCAL_MODEL)
+        include_usage = request.stream_options is not None and request.stream_options.include_usage
+        if self._settings.proxy_task_requests == "skip" and (task := detect_task(request.messages, headers)):
+            return Served(_local(local_answer(task, request.messages), header, request.stream, include_usage))
+        if headers.get(HEALTH_CHECK_HEADER, "").strip().lower() in ("1", "true"):
+            # LiteLLM's health checks carry it (from `health_check_params`); real traffic never does.
+            agent = await self._routing.resolve(client, request.model, request.user)  # key, Letta, agent
+            header = ChunkHeader(header.id, header.created, agent.name)
+            return Served(_local("", header, request.stream, include_usage), agent.name)
+        return await self._turn(client, request, headers, header, include_usage)
+
+    async def _turn(
+        self,
+        client: Client,
+        request: protocol.ChatCompletionRequest,
+        headers: Mapping[str, str],
+        header: ChunkHeader,
+        include_usage: bool,
+    ) -> Served:
+        """A real turn: one at a time per agent (or per pinned conversation)."""
+        messages = letta_messages(request, self._limits)
+        agent = await self._routing.resolve(client, request.model, request.user)
+        header = ChunkHeader(header.id, header.created, agent.name)
+        translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
+        chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
+        release = await self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
+        try:
+            conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None
+            if not request.stream and conversation is None:
+                try:
+                    response = await self._letta.send(agent, messages)
+                finally:
+                    release()
+                return Served(completion(response, translator, *_fields(header)), agent.name, translator)
+            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
+        except BaseException:
+            release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
+            raise
+        if not request.stream:  # a conversation's turn, which Letta only streams: gathered whole
+            gathered = [event async for event in events]
+            return Served(streamed_completion(gathered, translator, *_fields(header)), agent.name, translator)
+        frames = sse_frames(
+            events,
+            translator,
+            header,
+            include_usage=include_usage,
+            idle_seconds=self._settings.proxy_keepalive_seconds,
+        )
+        return Served(frames, agent.name, translator)
+
+
+def _fields(header: ChunkHeader) -> tuple[str, int, str]:
+    return header.id, header.created, header.model
+
+
+def _local(text: str, header: ChunkHeader, stream: bool, include_usage: bool) -> Answer:
+    """An answer given without any agent, in the form the client asked for."""
+    if stream:
+        return local_frames(header, text, include_usage)
+    return local_completion(text, *_fields(header))

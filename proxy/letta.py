@@ -25,6 +25,7 @@ log = logging.getLogger("proxy")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
+KEEPALIVE_CONNECTIONS = 100
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
@@ -101,6 +102,10 @@ class Letta:
             project=settings.letta_project,
             timeout=httpx.Timeout(settings.letta_timeout, connect=CONNECT_TIMEOUT),
             max_retries=0,  # a resent turn would be written twice into the agent's memory
+            # No cap on connections to Letta: the SDK's default 100 made the 101st open stream wait.
+            http_client=letta_client.DefaultAsyncHttpxClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)
+            ),
         )
         self._allowed = set(settings.proxy_agents)
         self._cache_seconds = settings.proxy_agent_cache_seconds

@@ -1,0 +1,91 @@
+"""The benchmark harness still runs end to end (smoke counts, no LiteLLM). Its speed is not judged here."""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import httpx
+
+from bench import wire
+from bench.fake_letta import Upstream
+from bench.processes import Servers, free_port, wait_ready
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = [
+    "| sync, 32 connections, flat out | latency p50 / p99 (ms) |",
+    "| sync, 32 connections, flat out | throughput (req/s) |",
+    "| stream, 32 concurrent, 5 chunks | first chunk p50 (ms) |",
+    "| 50 open streams, slow upstream | peak RSS / PSS, whole process tree (MiB) |",
+    "| 100 sequential (sync and stream alternately) | open files after 10 / 50 / 100 |",
+]
+
+
+def test_smoke_run_prints_every_row() -> None:
+    """`python -m bench --smoke` finishes, prints every scenario's rows, and leaves no process behind."""
+    marker = f"BENCH_SMOKE_RUN={uuid.uuid4().hex}"
+    env = {**os.environ, "BENCH_SMOKE_RUN": marker.partition("=")[2]}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    for row in ROWS:
+        assert row in run.stdout, run.stdout
+    assert _processes_with(marker.encode()) == []
+
+
+def test_fake_letta_speaks_the_captured_wire_format(tmp_path: Path) -> None:
+    """The fake pages its agents as the SDK expects (`after`, then `[]`) and ends a stream with `[DONE]`."""
+    profile = wire.Profile.parse(1, "3x0:3")
+    with Servers(tmp_path) as servers:
+        port = free_port()
+        fake = servers.start(
+            "fake",
+            [sys.executable, "-m", "bench.fake_letta", "--port", str(port), "--profile", profile.spec],
+            port,
+            cwd=ROOT,
+        )
+        wait_ready(fake, "/v1/health/", 20)
+        first = httpx.get(f"{fake.url}/v1/agents/", params={"limit": 2, "include": "agent.tags"}).json()
+        assert [(a["id"], a["name"]) for a in first] == [
+            (profile.agent_id(n), f"bench-3x0-a000{n}") for n in (0, 1)
+        ]
+        rest = httpx.get(f"{fake.url}/v1/agents/", params={"limit": 2, "after": first[-1]["id"]}).json()
+        assert [a["id"] for a in rest] == [profile.agent_id(2)]
+        assert httpx.get(f"{fake.url}/v1/agents/", params={"after": rest[-1]["id"]}).json() == []
+        url = f"{fake.url}/v1/agents/{profile.agent_id(1)}/messages"
+        assert (
+            httpx.post(url, content=wire.letta_request(False)).json()["stop_reason"]["stop_reason"]
+            == "end_turn"
+        )
+        streamed = httpx.post(url, content=wire.letta_request(True))
+        events = [line for line in streamed.text.split("\n\n") if line]
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        assert len(events) == 1 + 3 + 3 and events[-1] == "data: [DONE]"
+    assert fake.process.poll() is not None
+
+
+def test_prepared_answers_cover_every_agent() -> None:
+    """Every agent of every profile has its answers, in both wire formats, so none is a 404 by mistake."""
+    profiles = [wire.Profile.parse(1, "5x0:2"), wire.Profile.parse(2, "2x100:3")]
+    upstream = Upstream(profiles)
+    assert set(upstream.turns) == {p.agent_id(n).encode() for p in profiles for n in range(p.agents)}
+    assert upstream.completion("bench-2x100-a0002") is upstream.completion("bench-2x100") is not None
+
+
+def _processes_with(marker: bytes) -> list[int]:
+    """Live processes whose environment carries `marker`: what a run started (servers inherit it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found

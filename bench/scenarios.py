@@ -98,16 +98,22 @@ Profiles = Callable[[str], wire.Profile]
 
 def sync_saturated(config: Config, targets: list[Endpoint], profile: Profiles, results: Results) -> None:
     """wrk, 32 keep-alive connections flat out: latency under saturation and the throughput ceiling."""
-    p = profile(config.stream)
-    for target in targets:
-        sample = load.wrk(
-            target.url(p), target.body(p, False), target.key, 32, config.sync_seconds, agents=p.agents
-        )
-        results.add("sync32", target.label, sample)
+    _sync(config, targets, profile, results, "sync32", think_ms=0)
 
 
 def sync_paced(config: Config, targets: list[Endpoint], profile: Profiles, results: Results) -> None:
     """wrk, 32 connections each pausing `think_ms` between requests: the added latency without a queue."""
+    _sync(config, targets, profile, results, "paced32", think_ms=config.think_ms)
+
+
+def _sync(
+    config: Config,
+    targets: list[Endpoint],
+    profile: Profiles,
+    results: Results,
+    scenario: str,
+    think_ms: float,
+) -> None:
     p = profile(config.stream)
     for target in targets:
         sample = load.wrk(
@@ -116,10 +122,10 @@ def sync_paced(config: Config, targets: list[Endpoint], profile: Profiles, resul
             target.key,
             32,
             config.sync_seconds,
-            config.think_ms,
+            think_ms,
             agents=p.agents,
         )
-        results.add("paced32", target.label, sample)
+        results.add(scenario, target.label, sample)
 
 
 def streaming(config: Config, targets: list[Endpoint], profile: Profiles, results: Results) -> None:

@@ -15,11 +15,8 @@ def test_a_client_leaving_mid_stream_cancels_the_agent_run(
 ) -> None:
     """The proxy stops reading Letta and cancels the run, so the agent does no work for nobody."""
     agent = make_agent()
-    body = {
-        "model": agent.name,
-        "stream": True,
-        "messages": [{"role": "user", "content": "/tool a long turn that nobody will read"}],
-    }
+    long_answer = " ".join(f"word{i}" for i in range(3000))  # echoed token by token: a run of seconds
+    body = {"model": agent.name, "stream": True, "messages": [{"role": "user", "content": long_answer}]}
     headers = {"Authorization": f"Bearer {api_key}"}
     with httpx.stream(
         "POST", f"{proxy_url}/v1/chat/completions", json=body, headers=headers, timeout=60

@@ -24,7 +24,7 @@ class TurnQueue:
         self._lines: dict[str, _Line] = {}
 
     def busy(self, key: str) -> int:
-        """How many turns hold or wait for `key` (for tests and metrics)."""
+        """How many turns hold or wait for `key`: zero means nothing is kept for the agent."""
         line = self._lines.get(key)
         return line.users if line else 0
 

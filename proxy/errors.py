@@ -50,6 +50,11 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ProxyError(400, message, param=param, code=code)
 
 
+def upstream_failure(message: str, code: str | None = None) -> ProxyError:
+    """A failure inside the agent's turn: the turn reached Letta, so it must not be resent."""
+    return ProxyError(502, message, type="server_error", code=code, retry_safe=False)
+
+
 def model_not_found(model: str) -> ProxyError:
     return ProxyError(
         404,

@@ -7,31 +7,34 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+import aiohttp
 import httpx
 import letta_client
+from httpx_aiohttp import AiohttpTransport
 from letta_client import AsyncLetta
+from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types import MessageCreateParam
-from letta_client.types.agents import LettaResponse
 
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, upstream_failure
+from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
 from proxy.settings import Settings
-from proxy.translate import upstream_failure
 
 log = logging.getLogger("proxy")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
-KEEPALIVE_CONNECTIONS = 100
+KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta's server (uvicorn) closes an idle connection
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
-LIST_PAGE = 100
+LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
-CANCEL_TIMEOUT = 10.0  # agents per page; tags are the lightest relation to include, all of them the heaviest
+CANCEL_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,20 +44,24 @@ class Agent:
     created: int
 
 
+TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.TransportError, TimeoutError)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost transport error behind `exc`: the SDK wraps httpx's error, which wraps aiohttp's,
+    and httpx-aiohttp maps some of aiohttp's to the wrong httpx class (a refused connection to a timeout)."""
+    root, cause = exc, exc.__cause__
+    while cause is not None:
+        root = cause if isinstance(cause, TRANSPORT_ERRORS) else root
+        cause = cause.__cause__
+    return root
+
+
 def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyError:
-    """Maps an SDK or httpx failure to 503/504/502; `sent` marks failures after the turn left us.
+    """Maps an SDK or transport failure to 503/504/502; `sent` marks failures after the turn left us.
 
     Letta's own words are passed on, shortened, with our Letta token cut out should Letta echo it.
     """
-    if isinstance(exc, letta_client.APITimeoutError | httpx.TimeoutException):
-        log.warning("Letta timed out: %s", exc.__class__.__name__)
-        return ProxyError(
-            504,
-            "The Letta server did not answer in time.",
-            type="server_error",
-            code="upstream_timeout",
-            retry_safe=not sent,
-        )
     if isinstance(exc, letta_client.APIStatusError):
         detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
         summary = str(detail or exc.response.reason_phrase)
@@ -67,19 +74,33 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
             code="upstream_error",
             retry_safe=not sent,
         )
-    if isinstance(exc, httpx.RemoteProtocolError | httpx.ReadError):  # raw httpx: only while reading a stream
-        log.warning("Letta's stream broke off: %s", exc.__class__.__name__)
-        return upstream_failure(
-            "The Letta server closed the stream before the turn was complete.", code="upstream_disconnected"
+    root = _root_cause(exc)
+    if isinstance(root, aiohttp.ClientConnectorError | httpx.ConnectError):
+        log.warning("Letta unreachable: %s", root.__class__.__name__)
+        return ProxyError(
+            503,
+            "The Letta server is unreachable.",
+            type="server_error",
+            code="upstream_unavailable",
+            retry_safe=True,  # no connection, so the turn never left
         )
-    connect_failed = isinstance(exc, httpx.ConnectError) or isinstance(exc.__cause__, httpx.ConnectError)
-    log.warning("Letta unreachable: %s", exc.__class__.__name__)
+    if isinstance(root, TimeoutError | httpx.TimeoutException):
+        log.warning("Letta timed out: %s", root.__class__.__name__)
+        return ProxyError(
+            504,
+            "The Letta server did not answer in time.",
+            type="server_error",
+            code="upstream_timeout",
+            retry_safe=not sent,
+        )
+    log.warning("Letta's connection broke off: %s", root.__class__.__name__)
+    if sent:
+        return upstream_failure(
+            "The Letta server closed the connection before the turn was complete.",
+            code="upstream_disconnected",
+        )
     return ProxyError(
-        503,
-        "The Letta server is unreachable.",
-        type="server_error",
-        code="upstream_unavailable",
-        retry_safe=connect_failed or not sent,
+        503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable"
     )
 
 
@@ -89,6 +110,20 @@ UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError)
 def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
     """Gives each message an offline id, the same on every retry, so Letta can tell a duplicate."""
     return [{**message, "otid": str(uuid.uuid4())} for message in messages]
+
+
+def _unbounded_session() -> aiohttp.ClientSession:
+    """No cap on connections to Letta: a cap of 100 (the SDK's, and aiohttp's) made the 101st stream wait."""
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS))
+
+
+def http_client() -> httpx.AsyncClient:
+    """The SDK's client on aiohttp's transport, which letta-client offers for concurrency.
+
+    It costs a third of the CPU per turn of httpx's own pool (bench/README.md). Tests that mock Letta
+    with respx, which patches httpx's own transport, swap this function for one on httpx's.
+    """
+    return letta_client.DefaultAioHttpClient(transport=AiohttpTransport(client=_unbounded_session))
 
 
 class Letta:
@@ -102,10 +137,7 @@ class Letta:
             project=settings.letta_project,
             timeout=httpx.Timeout(settings.letta_timeout, connect=CONNECT_TIMEOUT),
             max_retries=0,  # a resent turn would be written twice into the agent's memory
-            # No cap on connections to Letta: the SDK's default 100 made the 101st open stream wait.
-            http_client=letta_client.DefaultAsyncHttpxClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS)
-            ),
+            http_client=http_client(),
         )
         self._allowed = set(settings.proxy_agents)
         self._cache_seconds = settings.proxy_agent_cache_seconds
@@ -113,6 +145,7 @@ class Letta:
         self._background: set[asyncio.Task[None]] = set()
         self._agents: list[Agent] = []
         self._fetched_at = -float("inf")
+        self._refreshing: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._ready = False
         self._ready_at = -float("inf")
@@ -136,33 +169,69 @@ class Letta:
         return self._ready
 
     async def agents(self) -> list[Agent]:
-        """The exposed agents, listed at most once per cache period however many requests ask."""
+        """The exposed agents, listed at most once per cache period however many requests ask.
+
+        Stale for less than another period, the list is served while a background task lists again, so
+        a busy proxy never makes a request wait on a listing; only one idle for longer lists first.
+        """
+        age = time.monotonic() - self._fetched_at
+        if age < self._cache_seconds:
+            return self._agents
+        if age < 2 * self._cache_seconds:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = self._in_background(self._refresh_quietly())
+            return self._agents
+        return await self._refresh()
+
+    async def _refresh(self) -> list[Agent]:
         async with self._lock:
-            if time.monotonic() - self._fetched_at >= self._cache_seconds:
+            if time.monotonic() - self._fetched_at >= self._cache_seconds:  # else another caller just did
                 self._agents = await self._call(self._list_agents, sent=False)
                 self._fetched_at = time.monotonic()
             return self._agents
 
+    async def _refresh_quietly(self) -> None:
+        try:
+            await self._refresh()
+        except ProxyError as error:
+            log.warning("could not list the agents again: %s", error.message)
+
     async def _list_agents(self) -> list[Agent]:
+        """Every page, decoded by msgspec into the three fields used: pydantic took 1.4 s per 1,000 agents."""
         client = self._client.with_options(max_retries=LIST_RETRIES)
-        listed = [
-            Agent(agent.id, agent.name, int(agent.created_at.timestamp()) if agent.created_at else 0)
-            async for agent in client.agents.list(include=["agent.tags"], limit=LIST_PAGE)
-        ]
+        listed: list[Agent] = []
+        params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
+        while page := decode_agents(
+            (await client.get("/v1/agents/", cast_to=httpx.Response, options={"params": params})).content
+        ):
+            listed += (
+                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0) for a in page
+            )
+            params["after"] = page[-1].id
         if not self._allowed:
             return listed
         return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
 
-    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaResponse:
+    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
         """One whole turn."""
-        turn = _with_otids(messages)
-        return await self._retrying(lambda: self._client.agents.messages.create(agent.id, messages=turn))
+        body = {"messages": _with_otids(messages)}
+        response = await self._retrying(lambda: self._post(f"/v1/agents/{agent.id}/messages", body))
+        return decode_turn(response.content)
 
-    def _cancel_soon(self, agent: Agent, run_id: str, conversation: str | None) -> None:
-        """Stops a run nobody will read any more, in the background: the caller is being torn down."""
-        task = asyncio.get_running_loop().create_task(self._cancel(agent, run_id, conversation))
+    async def _post(self, path: str, body: dict[str, Any], *, unread: bool = False) -> httpx.Response:
+        """A POST through the SDK (URL, credentials, timeouts, errors) that leaves decoding to msgspec.
+
+        `unread` asks the SDK for the body as a stream, the switch its own `with_streaming_response` uses.
+        """
+        headers = {RAW_RESPONSE_HEADER: "stream"} if unread else {}
+        return await self._client.post(path, body=body, cast_to=httpx.Response, options={"headers": headers})
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """A task that outlives its caller and that `aclose` still waits for."""
+        task = asyncio.get_running_loop().create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _cancel(self, agent: Agent, run_id: str, conversation: str | None) -> None:
         client = self._client.with_options(timeout=CANCEL_TIMEOUT)
@@ -218,7 +287,7 @@ class Letta:
         messages: Iterable[MessageCreateParam],
         on_close: Callable[[], None],
         conversation: str | None = None,
-    ) -> AsyncGenerator[object, None]:
+    ) -> AsyncGenerator[LettaMessage, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
@@ -226,7 +295,7 @@ class Letta:
         """
         events = self._events(agent, messages, on_close, conversation)
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
-        return events
+        return cast(AsyncGenerator[LettaMessage, None], events)  # its one None has just been read
 
     async def _events(
         self,
@@ -234,45 +303,55 @@ class Letta:
         messages: Iterable[MessageCreateParam],
         on_close: Callable[[], None],
         conversation: str | None,
-    ) -> AsyncGenerator[object, None]:
+    ) -> AsyncGenerator[LettaMessage | None, None]:
         """Yields None once the first event is in, then the events.
 
         Everything happens inside the generator, so that its `finally` closes the upstream response and
         cancels a run left unfinished however the reader stops, even one that never reads past the opening.
         """
         try:
-            turn = _with_otids(messages)
-            options: dict[str, Any] = {
-                "messages": turn,
+            body = {
+                "messages": _with_otids(messages),
                 "streaming": True,
                 "stream_tokens": True,
                 "include_pings": True,
             }
-            upstream = await self._retrying(
-                lambda: (
-                    self._client.conversations.messages.create(conversation, **options)
-                    if conversation
-                    else self._client.agents.messages.create(agent.id, **options)
-                )
+            path = (
+                f"/v1/conversations/{conversation}/messages"
+                if conversation
+                else f"/v1/agents/{agent.id}/messages"
             )
-            events = aiter(upstream)
+            response = await self._retrying(lambda: self._post(path, body, unread=True))
             run_id, stopped = None, False
             try:
-                event = await self._call(lambda: anext(events, None), sent=True)
-                run_id = getattr(event, "run_id", None)
-                yield None
-                while event is not None:
-                    stopped = stopped or getattr(event, "message_type", None) == "stop_reason"
-                    yield event
-                    event = await self._call(lambda: anext(events, None), sent=True)
-                    run_id = run_id or getattr(event, "run_id", None)
+                async with aclosing(self._read(response)) as events:
+                    event = await anext(events, None)
+                    run_id = event.run_id if event else None
+                    yield None
+                    while event is not None:
+                        stopped = stopped or event.message_type == "stop_reason"
+                        yield event
+                        event = await anext(events, None)
+                        run_id = run_id or (event.run_id if event else None)
                 stopped = True
             finally:
-                await upstream.close()
-                if not stopped and run_id is not None:
-                    self._cancel_soon(agent, run_id, conversation)
+                await response.aclose()
+                if not stopped and run_id is not None:  # a run nobody will read any more
+                    self._in_background(self._cancel(agent, run_id, conversation))
         finally:
             on_close()
+
+    async def _read(self, response: httpx.Response) -> AsyncGenerator[LettaMessage, None]:
+        """The stream's messages as its bytes arrive, up to `[DONE]`."""
+        decoder = SSEDecoder()
+        try:
+            async for chunk in response.aiter_bytes():
+                for message in decoder.feed(chunk):
+                    yield message
+                if decoder.done:
+                    return
+        except UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc, sent=True, secret=self._secret) from exc
 
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:
@@ -289,5 +368,3 @@ class Letta:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
-        except ValueError as exc:  # a stream event that is not JSON
-            raise upstream_failure("The Letta server sent a malformed stream event.") from exc

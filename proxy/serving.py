@@ -23,7 +23,6 @@ from proxy.translate import (
     completion,
     letta_messages,
     local_completion,
-    streamed_completion,
 )
 from proxy.turns import TurnQueue
 
@@ -86,17 +85,17 @@ class Chat:
             conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None
             if not request.stream and conversation is None:
                 try:
-                    response = await self._letta.send(agent, messages)
+                    turn = await self._letta.send(agent, messages)
                 finally:
                     release()
-                return Served(completion(response, translator, *_fields(header)), agent.name, translator)
+                return Served(completion(turn.events(), translator, *_fields(header)), agent.name, translator)
             events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
         except BaseException:
             release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
             raise
         if not request.stream:  # a conversation's turn, which Letta only streams: gathered whole
             gathered = [event async for event in events]
-            return Served(streamed_completion(gathered, translator, *_fields(header)), agent.name, translator)
+            return Served(completion(gathered, translator, *_fields(header)), agent.name, translator)
         frames = sse_frames(
             events,
             translator,

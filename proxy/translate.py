@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from letta_client.types import MessageCreateParam
-from letta_client.types.agents import AssistantMessage, LettaResponse, ReasoningMessage, ToolCallMessage
-from letta_client.types.agents.letta_streaming_response import LettaErrorMessage, LettaUsageStatistics
 
 from proxy import protocol
-from proxy.errors import ProxyError, bad_request
+from proxy.errors import bad_request, upstream_failure
+from proxy.letta_wire import LettaMessage, ToolCall
 from proxy.settings import ToolCallMode
 
 FINISH_REASONS = {
@@ -33,7 +32,6 @@ ERROR_STOP_REASONS = frozenset(
 )
 APPROVAL_NOTE = "[The agent is waiting for approval of a tool call. Approve or deny it in Letta to continue.]"
 MESSAGE_SEPARATOR = "\n\n"
-MAX_UPSTREAM_MESSAGE = 300
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -155,15 +153,6 @@ def _image(url: str, where: str, max_bytes: int) -> dict[str, Any]:
 # --- Letta messages and events -> OpenAI deltas ---------------------------------------------------
 
 
-def upstream_failure(message: str, code: str | None = None) -> ProxyError:
-    """A failure inside the agent's turn: the turn reached Letta, so it must not be resent."""
-    return ProxyError(502, message, type="server_error", code=code, retry_safe=False)
-
-
-def _summary(text: str) -> str:
-    return text if len(text) <= MAX_UPSTREAM_MESSAGE else text[:MAX_UPSTREAM_MESSAGE] + "…"
-
-
 @dataclass
 class TurnTranslator:
     """Follows one agent turn: which tool call has which index, where one message ends, how it stopped."""
@@ -178,27 +167,21 @@ class TurnTranslator:
     _wrote_content: bool = False
     _wrote_reasoning: bool = False
 
-    def feed(self, event: object) -> protocol.Delta | None:
+    def feed(self, event: LettaMessage) -> protocol.Delta | None:
         """The delta for one Letta message or stream event; None for what the client never sees."""
-        match getattr(event, "message_type", None):
+        match event.message_type:
             case "assistant_message":
-                return self._assistant(cast(AssistantMessage, event))
+                return self._assistant(event)
             case "tool_call_message":
-                return self._tool_call(cast(ToolCallMessage, event))
+                return self._tool_call(event)
             case "reasoning_message" if self.reasoning:
-                return self._reasoning_text(cast(ReasoningMessage, event).reasoning)
+                return self._reasoning_text(event.reasoning or "")
             case "stop_reason":
-                return self.stop(cast(str, event.stop_reason))
+                return self.stop(event.stop_reason or "end_turn")
             case "usage_statistics":
-                self.count(cast(LettaUsageStatistics, event))
+                self.count(event)
             case "error_message":
-                error = cast(LettaErrorMessage, event)
-                raise upstream_failure(
-                    _summary(
-                        f"Letta reported an error during the turn ({error.error_type}): {error.message}"
-                    ),
-                    code=error.error_type,
-                )
+                raise event.failure()
         return None
 
     def stop(self, reason: str) -> protocol.Delta | None:
@@ -210,7 +193,7 @@ class TurnTranslator:
             return self._content(None, APPROVAL_NOTE)
         return None
 
-    def count(self, usage: Any) -> None:
+    def count(self, usage: LettaMessage) -> None:
         """Letta's own token counts, with the total derived if Letta left it out."""
         prompt = usage.prompt_tokens or 0
         completion = usage.completion_tokens or 0
@@ -220,9 +203,9 @@ class TurnTranslator:
     def finish_reason(self) -> str:
         return FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
 
-    def _assistant(self, message: AssistantMessage) -> protocol.Delta | None:
+    def _assistant(self, message: LettaMessage) -> protocol.Delta | None:
         content = message.content
-        text = content if isinstance(content, str) else "".join(part.text for part in content)
+        text = content if isinstance(content, str) else "".join(part.text or "" for part in content or ())
         return self._content(message.id, text)
 
     def _content(self, message_id: str | None, text: str) -> protocol.Delta | None:
@@ -241,7 +224,7 @@ class TurnTranslator:
         self._wrote_reasoning = True
         return protocol.Delta(reasoning_content=text)
 
-    def _tool_call(self, message: ToolCallMessage) -> protocol.Delta | None:
+    def _tool_call(self, message: LettaMessage) -> protocol.Delta | None:
         calls = message.tool_calls if isinstance(message.tool_calls, list) else [message.tool_call]
         deltas = [delta for call in calls if (delta := self._tool_call_delta(call))]
         if not deltas or self.tool_calls == "drop":
@@ -250,8 +233,10 @@ class TurnTranslator:
             return self._reasoning_text("".join(self._as_text(delta) for delta in deltas))
         return protocol.Delta(tool_calls=deltas)
 
-    def _tool_call_delta(self, call: Any) -> protocol.ToolCallDelta | None:
+    def _tool_call_delta(self, call: ToolCall | None) -> protocol.ToolCallDelta | None:
         """The first fragment of a call opens it (id, name); later fragments only add arguments."""
+        if call is None:
+            return None
         call_id = call.tool_call_id or self._current_tool
         if call_id is None:
             return None
@@ -302,22 +287,9 @@ def merge(deltas: list[protocol.Delta]) -> protocol.AssistantMessage:
 
 
 def completion(
-    response: LettaResponse, translator: TurnTranslator, completion_id: str, created: int, model: str
+    events: list[LettaMessage], translator: TurnTranslator, completion_id: str, created: int, model: str
 ) -> protocol.ChatCompletion:
     """A whole Letta turn as one `chat.completion`, built from the same deltas a stream would send."""
-    deltas = [delta for message in response.messages if (delta := translator.feed(message)) is not None]
-    if response.stop_reason is not None and (delta := translator.stop(response.stop_reason.stop_reason)):
-        deltas.append(delta)
-    if response.usage is not None:
-        translator.count(response.usage)
-    choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
-    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)
-
-
-def streamed_completion(
-    events: list[object], translator: TurnTranslator, completion_id: str, created: int, model: str
-) -> protocol.ChatCompletion:
-    """A whole `chat.completion` from a turn that Letta could only stream (a conversation's)."""
     deltas = [delta for event in events if (delta := translator.feed(event)) is not None]
     choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
     return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)

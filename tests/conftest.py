@@ -1,10 +1,12 @@
 """Shared fixtures: settings that read no environment, and a respx-mocked Letta serving real captures."""
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
+import letta_client
 import pytest
 import respx
 from litestar.testing import TestClient
@@ -34,10 +36,19 @@ def agents_page(request: httpx.Request, agents: list[dict[str, Any]]) -> httpx.R
     return httpx.Response(200, json=[] if "after" in request.url.params else agents)
 
 
+@contextmanager
+def mocked_letta() -> Iterator[respx.MockRouter]:
+    """respx in Letta's place. It patches httpx's own transport, so meanwhile the proxy's Letta client
+    runs on that transport rather than on aiohttp's."""
+    with pytest.MonkeyPatch.context() as patch, respx.mock(base_url=LETTA, assert_all_called=False) as router:
+        patch.setattr("proxy.letta.http_client", letta_client.DefaultAsyncHttpxClient)
+        yield router
+
+
 @pytest.fixture
 def letta() -> Iterator[respx.MockRouter]:
     """A mocked Letta with the captured agent, answering turns with the captured sync response."""
-    with respx.mock(base_url=LETTA, assert_all_called=False) as router:
+    with mocked_letta() as router:
         router.get("/v1/agents/", name="agents").mock(
             side_effect=lambda request: agents_page(request, [AGENT])
         )

@@ -1,16 +1,16 @@
-"""Real Letta wire captures (tests/fixtures, from ../shared/letta-server/captures): data and SDK objects."""
+"""Real Letta wire captures (tests/fixtures, from ../shared/letta-server/captures): as data, and as the
+proxy decodes them."""
 
 import json
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
-from letta_client.types.agents import LettaResponse
-from letta_client.types.agents.letta_streaming_response import LettaStreamingResponse
-from pydantic import TypeAdapter
+import msgspec
+
+from proxy.letta_wire import LettaMessage, SSEDecoder, decode_turn
 
 FIXTURES = Path(__file__).parent / "fixtures"
-_event = TypeAdapter(LettaStreamingResponse)
 
 
 def raw(name: str) -> bytes:
@@ -27,17 +27,19 @@ def sse_data(name: str) -> list[dict[str, Any]]:
     return [json.loads(line[6:]) for line in raw(name).decode().splitlines() if line.startswith("data: {")]
 
 
-def event(data: dict[str, Any], **changes: Any) -> Any:
-    """One stream event as letta-client parses it, optionally with some fields changed."""
-    return _event.validate_python({**deepcopy(data), **changes})
+def event(data: dict[str, Any], **changes: Any) -> LettaMessage:
+    """One stream event as the proxy decodes it, optionally with some fields changed."""
+    return msgspec.json.decode(json.dumps({**deepcopy(data), **changes}), type=LettaMessage)
 
 
-def events(name: str) -> list[Any]:
-    return [event(data) for data in sse_data(name)]
+def events(name: str) -> list[LettaMessage]:
+    """An SSE capture's events, through the proxy's own stream decoder."""
+    return list(SSEDecoder().feed(raw(name)))
 
 
-def response(name: str) -> LettaResponse:
-    return LettaResponse.model_validate(wire(name))
+def turn(name: str) -> list[LettaMessage]:
+    """A whole-turn capture's messages, stop reason and usage, as the proxy decodes them."""
+    return decode_turn(raw(name)).events()
 
 
 def first(name: str, message_type: str) -> dict[str, Any]:

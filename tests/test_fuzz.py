@@ -6,13 +6,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import respx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from litestar.testing import TestClient
 
 from proxy.app import create_app
-from tests.conftest import AGENT, KEY, LETTA, agents_page, make_settings
+from tests.conftest import AGENT, KEY, agents_page, make_settings, mocked_letta
 from tests.letta_captures import raw
 
 CHAT = "/v1/chat/completions"
@@ -93,7 +92,7 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
             200, content=raw("send_message.json"), headers={"content-type": "application/json"}
         )
 
-    with respx.mock(base_url=LETTA, assert_all_called=False) as letta:
+    with mocked_letta() as letta:
         letta.get("/v1/agents/").mock(side_effect=lambda request: agents_page(request, [AGENT]))
         letta.post(f"/v1/agents/{AGENT['id']}/messages").mock(side_effect=turn)
         settings_ = make_settings(Path(tmp_path_factory.mktemp("fuzz")), proxy_agent_cache_seconds=60)

@@ -161,3 +161,58 @@ def test_readiness_is_false_when_letta_is_down(tmp_path: Path, letta: respx.Mock
     """An unreachable Letta makes the proxy not ready, without raising."""
     letta.get("/v1/health/").mock(side_effect=httpx.ConnectError("down"))
     assert run(tmp_path, lambda client: client.ready()) is False
+
+
+def listing(*agents: dict[str, Any]) -> Any:
+    """Letta's agent list as it stands at each request: one page, then the empty page."""
+    return lambda request: httpx.Response(200, json=[] if "after" in request.url.params else list(agents))
+
+
+def test_a_stale_agent_list_is_served_while_it_is_listed_again(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """Within a second cache period nobody waits: the old list answers and one listing runs behind it."""
+    other = {**AGENT, "id": "agent-other", "name": "other"}
+
+    async def scenario(client: Letta) -> list[list[str]]:
+        seen = [[a.name for a in await client.agents()]]
+        letta["agents"].mock(side_effect=listing(AGENT, other))
+        await asyncio.sleep(0.3)  # past one period (0.2 s), within two
+        seen += [[a.name for a in await client.agents()] for _ in range(5)]
+        await asyncio.sleep(0.05)  # the background listing completes
+        seen.append([a.name for a in await client.agents()])
+        return seen
+
+    seen = run(tmp_path, scenario, proxy_agent_cache_seconds=0.2)
+    assert seen[:6] == [[AGENT["name"]]] * 6
+    assert seen[6] == [AGENT["name"], "other"]
+    assert letta["agents"].call_count == 4  # two listings of two pages: five stale readers started one
+
+
+def test_a_list_older_than_two_periods_is_listed_before_answering(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    other = {**AGENT, "id": "agent-other", "name": "other"}
+
+    async def scenario(client: Letta) -> list[str]:
+        await client.agents()
+        letta["agents"].mock(side_effect=listing(AGENT, other))
+        await asyncio.sleep(0.25)
+        return [a.name for a in await client.agents()]
+
+    assert run(tmp_path, scenario, proxy_agent_cache_seconds=0.1) == [AGENT["name"], "other"]
+
+
+def test_a_failed_background_listing_keeps_the_list_and_is_logged(
+    tmp_path: Path, letta: respx.MockRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def scenario(client: Letta) -> list[str]:
+        await client.agents()
+        letta["agents"].mock(return_value=httpx.Response(500))
+        await asyncio.sleep(0.3)
+        stale = [a.name for a in await client.agents()]
+        await asyncio.sleep(0.1)
+        return stale
+
+    assert run(tmp_path, scenario, proxy_agent_cache_seconds=0.2) == [AGENT["name"]]
+    assert "could not list the agents again" in caplog.text

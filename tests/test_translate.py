@@ -15,7 +15,7 @@ from proxy.translate import (
     letta_messages,
     merge,
 )
-from tests.letta_captures import event, events, first, response
+from tests.letta_captures import event, events, first, turn
 
 TOOL_STREAM = "stream_tool_call.sse"
 TOKEN_STREAM = "stream_tokens.sse"
@@ -154,7 +154,7 @@ def test_an_empty_user_turn_is_a_400(content: object) -> None:
 
 def test_a_captured_turn_becomes_a_chat_completion() -> None:
     """Text, finish reason and Letta's own token counts come through as OpenAI's fields."""
-    result = completion(response("send_message.json"), TurnTranslator(), "chatcmpl-1", 7, "bot")
+    result = completion(turn("send_message.json"), TurnTranslator(), "chatcmpl-1", 7, "bot")
     assert msgspec.to_builtins(result) == {
         "object": "chat.completion",
         "id": "chatcmpl-1",
@@ -175,9 +175,7 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
     """The agent's tool call is an OpenAI tool call; the tool's result is not shown."""
     message = (
-        completion(response("send_message_tool_call.json"), TurnTranslator(), "c", 0, "bot")
-        .choices[0]
-        .message
+        completion(turn("send_message_tool_call.json"), TurnTranslator(), "c", 0, "bot").choices[0].message
     )
     assert message.content == "Echo: /tool proxy"
     assert message.tool_calls == [
@@ -190,10 +188,8 @@ def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() ->
 
 def test_reasoning_is_dropped_unless_asked_for() -> None:
     """A memgpt agent's reasoning stays private by default and is reasoning_content when enabled."""
-    hidden = (
-        completion(response("send_message_memgpt_v2.json"), TurnTranslator(), "c", 0, "m").choices[0].message
-    )
-    shown = completion(response("send_message_memgpt_v2.json"), TurnTranslator(reasoning=True), "c", 0, "m")
+    hidden = completion(turn("send_message_memgpt_v2.json"), TurnTranslator(), "c", 0, "m").choices[0].message
+    shown = completion(turn("send_message_memgpt_v2.json"), TurnTranslator(reasoning=True), "c", 0, "m")
     assert (hidden.content, hidden.reasoning_content) == ("Echo: hello memgpt", None)
     assert shown.choices[0].message.reasoning_content == "The user said 'hello memgpt'. I will echo it back."
 

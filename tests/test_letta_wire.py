@@ -1,0 +1,107 @@
+"""Decoding Letta's wire format: real captures, cut at every byte, and Letta's error shapes."""
+
+import json
+
+import pytest
+
+from proxy.errors import ProxyError
+from proxy.letta_wire import MAX_EVENT_BYTES, SSEDecoder, decode_agents, decode_turn
+from tests.letta_captures import raw, sse_data, wire
+
+
+@pytest.mark.parametrize("name", ["stream_tokens.sse", "stream_steps.sse", "stream_tool_call.sse"])
+def test_a_capture_decodes_the_same_however_its_bytes_are_cut(name: str) -> None:
+    """TCP delivers Letta's stream in arbitrary pieces; every split point must give the same events."""
+    body = raw(name)
+    whole = [(m.message_type, m.id, m.content, m.tool_calls) for m in SSEDecoder().feed(body)]
+    assert [m[0] for m in whole] == [data["message_type"] for data in sse_data(name)]
+    for cut in range(1, len(body), 7):
+        decoder = SSEDecoder()
+        pieces = [*decoder.feed(body[:cut]), *decoder.feed(body[cut:])]
+        assert [(m.message_type, m.id, m.content, m.tool_calls) for m in pieces] == whole
+        assert decoder.done
+
+
+def test_nothing_after_done_is_read() -> None:
+    decoder = SSEDecoder()
+    body = raw("stream_tokens.sse") + b"data: {broken\n\n"
+    assert len(list(decoder.feed(body))) == len(sse_data("stream_tokens.sse")) and decoder.done
+
+
+def test_comments_and_unknown_fields_and_types_pass_quietly() -> None:
+    body = b': keepalive\n\nretry: 10\n\ndata: {"message_type":"event_message","event_type":"x","new":{"a":1}}\n\n'
+    assert [m.message_type for m in SSEDecoder().feed(body)] == ["event_message"]
+
+
+@pytest.mark.parametrize(
+    ("data", "shown", "code"),
+    [
+        (
+            {
+                "message_type": "error_message",
+                "run_id": "run-1",
+                "error_type": "llm_error",
+                "message": "boom",
+            },
+            "(llm_error): boom",
+            "llm_error",
+        ),
+        ({"error": "database gone", "code": "INTERNAL_SERVER_ERROR"}, "database gone", "upstream_error"),
+        ({"detail": "agent is busy"}, "agent is busy", "upstream_error"),
+    ],
+)
+def test_every_shape_of_letta_error_event_raises_a_502(
+    data: dict[str, object], shown: str, code: str
+) -> None:
+    """Letta sends `event: error` with its error message, a bare error, or a FastAPI detail."""
+    body = b'data: {"message_type":"ping"}\n\nevent: error\ndata: ' + json.dumps(data).encode() + b"\n\n"
+    messages = SSEDecoder().feed(body)
+    assert next(messages).message_type == "ping"  # what came before the error still gets through
+    with pytest.raises(ProxyError) as caught:
+        next(messages)
+    assert caught.value.status == 502 and not caught.value.retry_safe
+    assert shown in caught.value.message and caught.value.code == code
+
+
+def test_an_event_name_lasts_only_until_its_blank_line() -> None:
+    body = b'event: error\n\ndata: {"message_type":"ping"}\n\n'
+    assert [m.message_type for m in SSEDecoder().feed(body)] == ["ping"]
+
+
+def test_a_malformed_event_is_a_502() -> None:
+    with pytest.raises(ProxyError, match="malformed") as caught:
+        list(SSEDecoder().feed(b'data: {"message_type": \n\n'))
+    assert caught.value.status == 502
+
+
+def test_a_line_that_never_ends_is_refused_before_it_fills_memory() -> None:
+    decoder = SSEDecoder()
+    chunk = b"x" * (1024 * 1024)
+    with pytest.raises(ProxyError, match="larger"):
+        for _ in range(MAX_EVENT_BYTES // len(chunk) + 1):
+            list(decoder.feed(chunk))
+
+
+def test_a_whole_turn_gives_its_messages_then_stop_reason_then_usage() -> None:
+    captured = wire("send_message_tool_call.json")
+    events = decode_turn(raw("send_message_tool_call.json")).events()
+    assert [e.message_type for e in events] == [
+        *(m["message_type"] for m in captured["messages"]),
+        "stop_reason",
+        "usage_statistics",
+    ]
+    assert events[-1].total_tokens == captured["usage"]["total_tokens"]
+
+
+def test_malformed_answers_and_agent_lists_are_502s() -> None:
+    for decode in (decode_turn, decode_agents):
+        with pytest.raises(ProxyError) as caught:
+            decode(b"<html>502 Bad Gateway</html>")
+        assert caught.value.status == 502
+
+
+def test_an_agent_record_keeps_id_name_and_creation_time() -> None:
+    [agent] = decode_agents(raw("list_agents.json"))
+    captured = wire("list_agents.json")[0]
+    assert (agent.id, agent.name) == (captured["id"], captured["name"])
+    assert agent.created_at is not None and agent.created_at.isoformat()[:19] == captured["created_at"][:19]

@@ -37,7 +37,8 @@ def machine() -> str:
     )
     memory = int(Path("/proc/meminfo").read_text().split()[1]) / 2**20
     packages = ", ".join(
-        f"{name} {version(name)}" for name in ("granian", "litestar", "letta-client", "httpx")
+        f"{name} {version(name)}"
+        for name in ("granian", "litestar", "letta-client", "httpx", "aiohttp", "msgspec")
     )
     return (
         f"{os.cpu_count()} cores ({cpu}), {memory:.0f} GiB, Linux {platform.release()}, "

@@ -65,7 +65,3 @@ def create_app(settings: Settings) -> Litestar:
     app.asgi_handler = observe(app.asgi_handler)
     return app
 
-
-def app_from_environment() -> Litestar:
-    """The factory the ASGI server calls in its worker: settings come from the environment."""
-    return create_app(Settings())

@@ -32,6 +32,14 @@ def test_start_up_says_where_it_listens_which_letta_and_whether_it_answered(tmp_
     assert f"listening on {proxy.url}" in output
 
 
+def test_it_serves_from_one_process(tmp_path: Path) -> None:
+    """No supervising parent and no worker child: a second process would cost about 60 MiB more."""
+    with running_proxy(tmp_path, KEY, LETTA_BASE_URL=f"http://127.0.0.1:{free_port()}") as proxy:
+        pid = proxy.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    assert children == []
+
+
 def test_start_up_names_the_generated_key_file_but_not_the_key(tmp_path: Path) -> None:
     """Without PROXY_API_KEYS the log points at the key file; the key itself never appears."""
     with running_proxy(

@@ -64,4 +64,3 @@ def create_app(settings: Settings) -> Litestar:
     # Around Litestar's whole handler, not per route: requests that match no route are observed too.
     app.asgi_handler = observe(app.asgi_handler)
     return app
-

@@ -29,7 +29,8 @@ def test_nothing_after_done_is_read() -> None:
 
 
 def test_comments_and_unknown_fields_and_types_pass_quietly() -> None:
-    body = b': keepalive\n\nretry: 10\n\ndata: {"message_type":"event_message","event_type":"x","new":{"a":1}}\n\n'
+    event = b'{"message_type":"event_message","event_type":"x","new":{"a":1}}'
+    body = b": keepalive\n\nretry: 10\n\ndata: " + event + b"\n\n"
     assert [m.message_type for m in SSEDecoder().feed(body)] == ["event_message"]
 
 

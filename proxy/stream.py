@@ -8,8 +8,8 @@ proxy or load balancer on the way closes the connection as idle.
 import asyncio
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
-from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Self
 
 import anyio
 import msgspec
@@ -23,7 +23,8 @@ log = logging.getLogger("proxy")
 
 DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"
-_END = object()
+READ_AHEAD = 64  # events read before the client takes them; beyond, a slow client holds Letta back
+_IDLE = object()  # queued by the idle timer for a client waiting on a silent upstream
 _encode = msgspec.json.Encoder().encode
 
 
@@ -58,30 +59,98 @@ def local_frames(header: ChunkHeader, text: str, include_usage: bool) -> list[by
     return [*frames, DONE]
 
 
-async def paced(events: AsyncGenerator[object, None], idle_seconds: float) -> AsyncIterator[object]:
-    """The events, with KEEPALIVE whenever Letta stays silent for `idle_seconds`.
+@dataclass(frozen=True, slots=True)
+class _End:
+    """The last item a reader queues: how the upstream stopped."""
 
-    The pending read is waited on, never cancelled, by a timeout: cancelling it would break the stream.
+    error: BaseException | None = None
+
+
+class Paced:
+    """The events, in batches of those already in, with KEEPALIVE whenever Letta is silent for `idle_seconds`.
+
+    One task per stream reads ahead into a bounded queue, so a slow client holds the upstream back, and
+    nothing ever cancels the upstream read (cancelling `anext` would finalize the generator). The idle
+    timer is armed once per idle period, not per event, and wakes the client through the queue itself.
+    However the block is left, the reader stops and the events are closed.
     """
-    pending: asyncio.Future[object] | None = None
-    try:
-        while True:
-            if pending is None:
-                pending = asyncio.ensure_future(anext(events, _END))
-            done, _ = await asyncio.wait((pending,), timeout=idle_seconds)
-            if not done:
-                yield KEEPALIVE
-                continue
-            event, pending = pending.result(), None
-            if event is _END:
-                return
-            yield event
-    finally:
+
+    def __init__(
+        self, events: AsyncGenerator[object, None], idle_seconds: float, backlog: int = READ_AHEAD
+    ) -> None:
+        self._events = events
+        self._idle_seconds = idle_seconds
+        self._queue: asyncio.Queue[object] = asyncio.Queue(backlog)
+        self._end: _End | None = None
+        self._waiting_since: float | None = None  # set while the client waits on an empty queue
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop
+        self._reader: asyncio.Task[None]
+
+    async def __aenter__(self) -> Self:
+        self._loop = asyncio.get_running_loop()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
         with anyio.CancelScope(shield=True):  # a client gone mid-stream must still close the upstream
-            if pending is not None:
-                pending.cancel()
-                await asyncio.wait((pending,))
-            await events.aclose()
+            self._reader.cancel()
+            await asyncio.wait((self._reader,))
+            await self._events.aclose()
+
+    async def _read(self) -> None:
+        try:
+            async for event in self._events:
+                await self._queue.put(event)
+            end = _End()
+        except (Exception, asyncio.CancelledError) as error:  # a CancelledError of Letta's own included
+            end = _End(error)
+        if not self._reader.cancelling():  # else nobody reads on, and a full queue would block for good
+            await self._queue.put(end)
+
+    def _arm(self, due: float) -> None:
+        self._timer = self._loop.call_at(due, self._idle, due)
+
+    def _idle(self, due: float) -> None:
+        """At `due`: a keepalive if the client has waited since `due - idle_seconds`, else a later check."""
+        self._timer = None
+        if self._waiting_since is None or not self._queue.empty():
+            return  # the client is busy, or an event is on its way to it
+        if self._waiting_since + self._idle_seconds <= due:
+            self._queue.put_nowait(_IDLE)
+        else:
+            self._arm(self._waiting_since + self._idle_seconds)
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> list[object] | bytes:
+        queue = self._queue
+        if self._end is None:
+            batch: list[object] = []
+            if queue.empty():
+                self._waiting_since = self._loop.time()
+                if self._timer is None:
+                    self._arm(self._waiting_since + self._idle_seconds)
+                try:
+                    first = await queue.get()
+                finally:
+                    self._waiting_since = None
+                if first is _IDLE:  # only ever queued into an empty queue, so nothing is ahead of it
+                    return KEEPALIVE
+                batch.append(first)
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            if not isinstance(batch[-1], _End):
+                return batch
+            self._end = batch.pop()
+            if batch:
+                return batch
+        if self._end.error is not None:
+            raise self._end.error
+        raise StopAsyncIteration
 
 
 async def sse_frames(
@@ -92,24 +161,34 @@ async def sse_frames(
     include_usage: bool,
     idle_seconds: float,
 ) -> AsyncIterator[bytes]:
-    """Frames for one streamed turn; a client that leaves closes the Letta stream at once."""
+    """Frames for one streamed turn; a client that leaves closes the Letta stream at once.
+
+    The frames of events that are in together go out as one write, and so does the end of the stream.
+    """
+    unsent: list[bytes] = []  # so that an error one event of a batch raises follows the frames before it
     try:
-        yield header.chunk(protocol.Delta(role="assistant", content=""))
-        async with aclosing(paced(events, idle_seconds)) as paced_events:
-            async for event in paced_events:
-                if event is KEEPALIVE:
-                    yield KEEPALIVE
-                elif (delta := translator.feed(event)) is not None:
-                    yield header.chunk(delta)
+        async with Paced(events, idle_seconds) as batches:
+            yield header.chunk(protocol.Delta(role="assistant", content=""))
+            async for batch in batches:
+                if isinstance(batch, bytes):
+                    yield batch
+                    continue
+                for event in batch:
+                    if (delta := translator.feed(event)) is not None:
+                        unsent.append(header.chunk(delta))
+                if unsent:
+                    yield b"".join(unsent)
+                    unsent.clear()
         if translator.stop_reason is None:
             raise upstream_failure(
                 "The Letta stream ended before the turn was complete.", code="upstream_disconnected"
             )
-        yield header.chunk(protocol.Delta(), translator.finish_reason)
+        unsent.append(header.chunk(protocol.Delta(), translator.finish_reason))
         if include_usage and translator.usage is not None:
-            yield header.usage(translator.usage)
+            unsent.append(header.usage(translator.usage))
     except ProxyError as error:
         log.warning("stream %s ended with an error: %s", header.id, error.message)
         upstream_error(error.code)
-        yield frame(protocol.ErrorBody(error=error.detail()))
-    yield DONE
+        unsent.append(frame(protocol.ErrorBody(error=error.detail())))
+    unsent.append(DONE)
+    yield b"".join(unsent)

@@ -2,15 +2,21 @@
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any
 
+import anyio
+import pytest
+
 from proxy.errors import ProxyError
-from proxy.stream import DONE, KEEPALIVE, ChunkHeader, sse_frames
+from proxy.stream import DONE, KEEPALIVE, ChunkHeader, Paced, sse_frames
 from proxy.translate import TurnTranslator
 from tests.letta_captures import event, events
 
 HEADER = ChunkHeader("chatcmpl-test", 1700000000, "bot")
+ROLE = {"role": "assistant", "content": ""}
+TOKENS = ["Echo:", " stream", " me", " token", " by", " token"]
 
 
 async def _source(items: list[Any], fail_with: Exception | None = None) -> AsyncGenerator[object, None]:
@@ -28,11 +34,34 @@ def stream(
     )
 
 
-def frames(items: list[Any], include_usage: bool = True, fail_with: Exception | None = None) -> list[bytes]:
+def writes(items: list[Any], include_usage: bool = True, fail_with: Exception | None = None) -> list[bytes]:
+    """What the server is handed to send, one bytes per write."""
+
     async def collect() -> list[bytes]:
         return [f async for f in stream(_source(items, fail_with), include_usage)]
 
     return asyncio.run(collect())
+
+
+def within(seconds: float, main: Coroutine[Any, Any, None]) -> None:
+    """Runs `main`, failing instead of hanging if it is not done in time."""
+
+    async def guarded() -> None:
+        task = asyncio.create_task(main)
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+        assert done == {task}, "hung"
+        task.result()
+
+    asyncio.run(guarded())
+
+
+def split(sent: list[bytes]) -> list[bytes]:
+    """The SSE frames in some writes, however the writes grouped them."""
+    return [f + b"\n\n" for f in b"".join(sent).split(b"\n\n")[:-1]]
+
+
+def frames(items: list[Any], include_usage: bool = True, fail_with: Exception | None = None) -> list[bytes]:
+    return split(writes(items, include_usage, fail_with))
 
 
 def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
@@ -54,8 +83,8 @@ def delta(content: dict[str, Any], finish: str | None = None) -> bytes:
 def test_token_stream_frames_exactly() -> None:
     """Role chunk, one chunk per token, finish chunk, usage chunk, [DONE]: byte for byte."""
     assert frames(events("stream_tokens.sse")) == [
-        delta({"role": "assistant", "content": ""}),
-        *[delta({"content": token}) for token in ["Echo:", " stream", " me", " token", " by", " token"]],
+        delta(ROLE),
+        *[delta({"content": token}) for token in TOKENS],
         delta({}, "stop"),
         chunk([], usage={"prompt_tokens": 771, "completion_tokens": 7, "total_tokens": 778}),
         DONE,
@@ -73,7 +102,9 @@ def test_an_error_mid_stream_is_one_error_frame_then_done() -> None:
     """After the 200, a failure is told in-band so the client stops cleanly, and nothing follows [DONE]."""
     failure = event({"message_type": "stop_reason", "stop_reason": "llm_api_error"})
     out = frames([*events("stream_tokens.sse")[:3], failure])
-    assert out[-1] == DONE
+    # the failure comes in one batch with the tokens before it, which still go out first
+    assert out[:3] == [delta(ROLE), delta({"content": "Echo:"}), delta({"content": " stream"})]
+    assert len(out) == 5 and out[-1] == DONE
     error = json.loads(out[-2][len(b"data: ") :])
     assert error == {
         "error": {
@@ -88,8 +119,9 @@ def test_an_error_mid_stream_is_one_error_frame_then_done() -> None:
 
 def test_an_upstream_failure_raised_by_the_source_is_reported_in_band() -> None:
     """A broken upstream connection mid-stream also ends in an error frame and [DONE]."""
-    out = frames(events("stream_tokens.sse")[:2], fail_with=ProxyError(502, "cut", type="server_error"))
-    assert json.loads(out[-2][6:])["error"]["message"] == "cut" and out[-1] == DONE
+    out = frames(events("stream_tokens.sse")[:3], fail_with=ProxyError(502, "cut", type="server_error"))
+    assert out[:3] == [delta(ROLE), delta({"content": "Echo:"}), delta({"content": " stream"})]
+    assert json.loads(out[-2][6:])["error"]["message"] == "cut" and out[-1] == DONE and len(out) == 5
 
 
 def test_the_source_is_closed_when_the_client_goes_away() -> None:
@@ -126,7 +158,7 @@ def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
     async def collect() -> list[bytes]:
         return [f async for f in stream(slow(), idle_seconds=0.1)]
 
-    out = asyncio.run(collect())
+    out = split(asyncio.run(collect()))
     assert out.count(KEEPALIVE) >= 2
     content = [
         json.loads(f[6:])["choices"][0]["delta"].get("content")
@@ -141,3 +173,221 @@ def test_a_stream_that_ends_without_a_stop_reason_is_an_error() -> None:
     """Letta's stream closing before its stop_reason means the turn is incomplete: said so, not `stop`."""
     out = frames(events("stream_tokens.sse")[:4])
     assert json.loads(out[-2][6:])["error"]["code"] == "upstream_disconnected" and out[-1] == DONE
+
+
+def test_events_already_in_go_out_as_one_write_and_so_does_the_end() -> None:
+    """Fewer, larger writes: the role chunk at once, then a burst of tokens, then the end, each in one."""
+    assert writes(events("stream_tokens.sse")) == [
+        delta(ROLE),
+        b"".join(delta({"content": token}) for token in TOKENS),
+        delta({}, "stop")
+        + chunk([], usage={"prompt_tokens": 771, "completion_tokens": 7, "total_tokens": 778})
+        + DONE,
+    ]
+
+
+def test_keepalives_are_writes_of_their_own_between_the_events() -> None:
+    """A keepalive is never merged into event frames, and comes only while nothing is waiting to be sent."""
+    captured = events("stream_tokens.sse")
+
+    async def slow() -> AsyncGenerator[object, None]:
+        yield captured[1]
+        await asyncio.sleep(0.35)
+        for item in captured[2:]:
+            yield item
+
+    async def collect() -> list[bytes]:
+        return [f async for f in stream(slow(), idle_seconds=0.1)]
+
+    out = asyncio.run(collect())
+    assert out[:2] == [delta(ROLE), delta({"content": "Echo:"})]
+    assert len(out) >= 6 and set(out[2:-2]) == {KEEPALIVE}
+    assert out[-2] == b"".join(delta({"content": token}) for token in TOKENS[1:])
+
+
+def test_no_keepalive_unless_the_client_waited_a_whole_idle_period() -> None:
+    """Events closer together than `idle_seconds` get none, however long the stream; a pause gets them."""
+
+    async def steady() -> AsyncGenerator[object, None]:
+        for i in range(12):
+            await asyncio.sleep(0.3 if i == 11 else 0.02)
+            yield i
+
+    async def read() -> list[object]:
+        async with Paced(steady(), 0.1) as batches:
+            return [
+                item async for batch in batches for item in ([batch] if isinstance(batch, bytes) else batch)
+            ]
+
+    out = asyncio.run(read())
+    assert out[:11] == list(range(11)) and out[-1] == 11
+    assert len(out[11:-1]) >= 2 and set(out[11:-1]) == {KEEPALIVE}
+
+
+def test_time_the_client_spends_busy_is_not_idle_time() -> None:
+    """A keepalive is for a client left waiting: one busy past `idle_seconds` waits a whole period again."""
+    failures: list[dict[str, Any]] = []
+
+    async def stalls() -> AsyncGenerator[object, None]:
+        yield 1
+        await asyncio.Event().wait()
+        yield 2
+
+    async def busy_client() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, context: failures.append(context))
+        async with Paced(stalls(), 0.1) as batches:
+            assert await anext(batches) == [1]  # waited from the start: the timer is set for 0.1 s
+            await asyncio.sleep(0.15)  # busy sending as it fires
+            waited = time.monotonic()
+            assert await anext(batches) == KEEPALIVE
+            assert time.monotonic() - waited >= 0.09
+
+    within(1, busy_client())
+    assert failures == []
+
+
+def test_a_keepalive_never_overtakes_an_event_on_its_way_to_the_client() -> None:
+    """The timer coming due in the same loop turn as an event queues nothing: the event wakes the client."""
+    gate = asyncio.Event()
+
+    async def late() -> AsyncGenerator[object, None]:
+        await gate.wait()
+        yield 1
+        await asyncio.Event().wait()
+        yield 2
+
+    async def race() -> None:
+        async with Paced(late(), 0.05) as batches:
+            waiting = asyncio.ensure_future(anext(batches))
+            await asyncio.sleep(0)  # the client waits, the timer is set
+            gate.set()
+            time.sleep(0.1)  # blocks the loop: next turn, the reader queues 1 and then the timer is due
+            assert await waiting == [1]
+            assert await anext(batches) == KEEPALIVE
+
+    within(1, race())
+
+
+def test_a_client_gone_after_the_role_chunk_closes_the_source_at_once() -> None:
+    """The source comes started (Letta's first event read); leaving before any event still closes it."""
+    closed = []
+
+    async def source() -> AsyncGenerator[object, None]:
+        try:
+            yield None
+            for item in events("stream_tokens.sse"):
+                yield item
+        finally:
+            closed.append(True)
+
+    async def leave_early() -> None:
+        opened = source()
+        await anext(opened)
+        frames = stream(opened)
+        assert await anext(frames) == delta(ROLE)
+        await frames.aclose()  # type: ignore[attr-defined]
+        assert closed == [True]
+
+    asyncio.run(leave_early())
+
+
+def test_leaving_during_a_pending_read_closes_the_source_and_leaves_no_task() -> None:
+    """The read in progress is cancelled only on the way out, and the reader task is gone with it."""
+    closed = []
+
+    async def stalls() -> AsyncGenerator[object, None]:
+        try:
+            yield events("stream_tokens.sse")[1]
+            await asyncio.Event().wait()
+            yield None
+        finally:
+            closed.append(True)
+
+    async def leave() -> None:
+        before = asyncio.all_tasks()
+        frames = stream(stalls(), idle_seconds=0.01)
+        first = [await anext(frames) for _ in range(3)]
+        assert first == [delta(ROLE), delta({"content": "Echo:"}), KEEPALIVE]
+        await frames.aclose()  # type: ignore[attr-defined]
+        assert closed == [True]
+        assert asyncio.all_tasks() == before
+
+    within(1, leave())
+
+
+def test_closing_the_source_is_shielded_from_the_cancellation_of_a_gone_client() -> None:
+    """The server cancels a gone client's response in a cancel scope; the upstream still closes fully."""
+    closed = []
+
+    async def slow_to_close() -> AsyncGenerator[object, None]:
+        try:
+            yield events("stream_tokens.sse")[1]
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.01)
+            closed.append(True)
+
+    async def serve() -> None:
+        with anyio.CancelScope() as scope:
+            frames = stream(slow_to_close())
+            assert [await anext(frames) for _ in range(2)] == [delta(ROLE), delta({"content": "Echo:"})]
+            scope.cancel()
+            await anext(frames)
+        assert closed == [True]
+
+    anyio.run(serve)
+
+
+def test_a_slow_client_holds_the_upstream_back() -> None:
+    """The reader runs at most `backlog` events ahead of the client, plus the one it waits to queue."""
+    read = []
+
+    async def endless() -> AsyncGenerator[object, None]:
+        while True:
+            read.append(len(read))
+            yield read[-1]
+            await asyncio.sleep(0)  # as a real upstream would: an unbounded reader must not starve the loop
+
+    async def lag() -> None:
+        async with Paced(endless(), 60, backlog=4) as batches:
+            await asyncio.sleep(0.05)
+            assert len(read) == 5
+            assert await anext(batches) == [0, 1, 2, 3]
+            await asyncio.sleep(0.05)
+            assert await anext(batches) == [4, 5, 6, 7]
+
+    within(1, lag())
+
+
+def test_leaving_with_a_full_queue_does_not_hang_on_a_source_that_fails_as_it_closes() -> None:
+    """A reader stopped on the way out queues nothing more: nobody would take it from a full queue."""
+
+    async def fails_on_close() -> AsyncGenerator[object, None]:
+        try:
+            yield 1
+            await asyncio.Event().wait()
+            yield 2
+        finally:
+            raise ValueError("close failed")
+
+    async def leave() -> None:
+        async with Paced(fails_on_close(), 60, backlog=1):
+            await asyncio.sleep(0.01)  # 1 fills the queue; the reader waits on the source
+
+    within(1, leave())
+
+
+def test_a_cancellation_raised_by_the_source_itself_reaches_the_client() -> None:
+    """Not only Exceptions: a source that raises CancelledError ends the stream, after its events."""
+
+    async def cancels() -> AsyncGenerator[object, None]:
+        yield 1
+        raise asyncio.CancelledError
+
+    async def read() -> None:
+        async with Paced(cancels(), 60) as batches:
+            assert await anext(batches) == [1]
+            with pytest.raises(asyncio.CancelledError):
+                await anext(batches)
+
+    within(1, read())

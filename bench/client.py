@@ -80,8 +80,9 @@ def judge(status: int, body: bytes) -> tuple[bool, int]:
     return body.rstrip().endswith(b"data: [DONE]") and b'data: {"error"' not in body, events
 
 
-async def user(plan: Plan) -> None:
+async def user(plan: Plan, start_after: float) -> None:
     """One client: sends its next request when the last answer is in, reconnecting when needed."""
+    await asyncio.sleep(start_after)
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
     while (request := plan.next_request()) is not None:
@@ -104,9 +105,10 @@ async def user(plan: Plan) -> None:
         writer.close()
 
 
-async def run(plan: Plan, concurrency: int) -> float:
+async def run(plan: Plan, concurrency: int, stagger: float) -> float:
+    """`stagger` spreads the clients' first requests evenly over that many seconds."""
     started = time.perf_counter()
-    await asyncio.gather(*(user(plan) for _ in range(concurrency)))
+    await asyncio.gather(*(user(plan, n * stagger / concurrency) for n in range(concurrency)))
     return time.perf_counter() - started
 
 
@@ -122,6 +124,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds before no new request starts")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds for one answer")
     parser.add_argument("--agents", type=int, default=1, help="`{i}` in URL and body: round robin over these")
+    parser.add_argument("--stagger", type=float, default=0.0, help="seconds over which the clients start")
     args = parser.parse_args()
     url = urlsplit(args.url)
     plan = Plan(
@@ -138,9 +141,9 @@ def main() -> None:
     try:
         import uvloop
 
-        wall = uvloop.run(run(plan, args.concurrency))
+        wall = uvloop.run(run(plan, args.concurrency, args.stagger))
     except ImportError:
-        wall = asyncio.run(run(plan, args.concurrency))
+        wall = asyncio.run(run(plan, args.concurrency, args.stagger))
     json.dump({"wall_s": wall, "results": plan.results}, sys.stdout)
 
 

@@ -100,6 +100,7 @@ def client(
     seconds: float,
     timeout: float = 60.0,
     agents: int = 1,
+    stagger: float = 0.0,
 ) -> Sample:
     """`bench.client` in its own process; percentiles over every request it made."""
     argv = [
@@ -120,10 +121,14 @@ def client(
         str(timeout),
         "--agents",
         str(agents),
+        "--stagger",
+        str(stagger),
     ]
     for body in bodies:
         argv += ["--body", body.decode()]
-    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + timeout + 30)
+    out = subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + stagger + timeout + 30
+    )
     if out.returncode != 0:
         raise RuntimeError(f"bench.client failed:\n{out.stderr[-2000:]}")
     report = json.loads(out.stdout)

@@ -1,6 +1,6 @@
 -- wrk script: POST a JSON body to BENCH_PATH, with `{i}` in path and body replaced by an agent number
 -- (round robin over BENCH_AGENTS, threads interleaved), an optional bearer key (BENCH_KEY) and an
--- optional think time per connection (BENCH_DELAY_MS). At the end, one JSON line the bench reads.
+-- optional think time per connection (BENCH_DELAY_MS, the mean). At the end, one JSON line the bench reads.
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local key = os.getenv("BENCH_KEY") or ""
@@ -30,9 +30,11 @@ function request()
   return wrk.format(nil, this_path, nil, this_body)
 end
 
+-- Think times are exponential around BENCH_DELAY_MS, so the connections arrive as a Poisson stream, as
+-- independent users do, rather than in bursts that stay in lockstep.
 local think = tonumber(os.getenv("BENCH_DELAY_MS") or "0")
 if think > 0 then
-  delay = function() return think end
+  delay = function() return math.floor(-think * math.log(1 - math.random())) end
 end
 
 done = function(summary, latency, requests)

@@ -28,7 +28,7 @@ log = logging.getLogger("proxy")
 
 T = TypeVar("T")
 CONNECT_TIMEOUT = 10.0
-KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta's server (uvicorn) closes an idle connection
+KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta 0.16.8 (uvicorn) closes an idle connection
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
@@ -104,7 +104,7 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
     )
 
 
-UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError)
+UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError, *TRANSPORT_ERRORS)  # aiohttp's unmapped ones too
 
 
 def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:

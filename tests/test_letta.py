@@ -4,13 +4,16 @@ import asyncio
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import MagicMock
 
+import aiohttp
 import httpx
+import letta_client
 import pytest
 import respx
 
 from proxy.errors import ProxyError
-from proxy.letta import Agent, Letta
+from proxy.letta import Agent, Letta, _upstream_error
 from tests.conftest import AGENT, LETTA, make_settings, sse
 from tests.letta_captures import raw
 
@@ -216,3 +219,37 @@ def test_a_failed_background_listing_keeps_the_list_and_is_logged(
 
     assert run(tmp_path, scenario, proxy_agent_cache_seconds=0.2) == [AGENT["name"]]
     assert "could not list the agents again" in caplog.text
+
+
+def caused(outer: Exception, *causes: BaseException) -> Exception:
+    """`outer` raised from the chain of `causes`, innermost last, as the SDK and httpx-aiohttp chain them."""
+    chain: list[BaseException] = [outer, *causes]
+    for error, cause in zip(chain, chain[1:], strict=False):
+        error.__cause__ = cause
+    return outer
+
+
+def test_a_refused_connection_is_a_503_whatever_httpx_aiohttp_calls_it() -> None:
+    """httpx-aiohttp maps aiohttp's refused connection to httpx's ConnectTimeout: the root cause decides."""
+    refused = aiohttp.ClientConnectorError(MagicMock(), OSError(111, "Connection refused"))
+    error = _upstream_error(
+        caused(letta_client.APITimeoutError(MagicMock()), httpx.ConnectTimeout("mapped"), refused),
+        sent=True,
+        secret=None,
+    )
+    assert (error.status, error.code, error.retry_safe) == (503, "upstream_unavailable", True)
+
+
+@pytest.mark.parametrize(
+    ("root", "sent", "status", "code", "retry_safe"),
+    [
+        (aiohttp.SocketTimeoutError("read"), True, 504, "upstream_timeout", False),
+        (aiohttp.ServerDisconnectedError(), True, 502, "upstream_disconnected", False),
+        (aiohttp.ServerDisconnectedError(), False, 503, "upstream_unavailable", True),
+    ],
+)
+def test_transport_failures_map_by_their_root_cause(
+    root: BaseException, sent: bool, status: int, code: str, retry_safe: bool
+) -> None:
+    error = _upstream_error(caused(httpx.ReadError("wrapped"), root), sent=sent, secret=None)
+    assert (error.status, error.code, error.retry_safe) == (status, code, retry_safe)

@@ -2,22 +2,14 @@
 
 State is namespaced by a digest of the client's key, so one tenant can never read or steer another's,
 and bounded in count and idle time, so endless distinct `user` values cannot grow it without limit.
-Two backends behave alike: `MemoryStore` (one process) and `RedisStore` (replicas share the state).
+Two backends behave alike: `MemoryStore` here (one process) and `proxy.redis_store.RedisStore` (replicas
+share the state).
 """
 
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
-
-import redis.asyncio
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
-
-REDIS_TIMEOUT = 2.0  # seconds to connect or to answer one command: a stuck Redis must not hold a turn
-REDIS_RETRIES = 1  # one quick reconnect covers a dropped pooled connection; more would only delay the 503
-REDIS_CONNECTIONS = 50  # per replica; a burst beyond it waits up to REDIS_TIMEOUT for a free connection
 
 
 class SessionStoreError(Exception):
@@ -30,12 +22,12 @@ class SessionStore(Protocol):
     async def aclose(self) -> None: ...
 
 
-def _check_limits(max_entries: int, idle_seconds: float) -> None:
+def check_limits(max_entries: int, idle_seconds: float) -> None:
     if max_entries < 1 or not idle_seconds > 0:
         raise ValueError("max_entries must be >= 1 and idle_seconds > 0")
 
 
-def _check_namespace(namespace: str) -> None:
+def check_namespace(namespace: str) -> None:
     """The same rule for both backends: a colon in a namespace would blur Redis key boundaries."""
     if not namespace or ":" in namespace:
         raise ValueError("a session namespace must be non-empty and contain no ':'")
@@ -55,7 +47,7 @@ class MemoryStore:
         idle_seconds: float = 86_400,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        _check_limits(max_entries, idle_seconds)
+        check_limits(max_entries, idle_seconds)
         self._max = max_entries
         self._idle = idle_seconds
         self._clock = clock
@@ -72,7 +64,7 @@ class MemoryStore:
             self._entries.popitem(last=False)
 
     async def get(self, namespace: str, key: str) -> str | None:
-        _check_namespace(namespace)
+        check_namespace(namespace)
         now = self._clock()
         self._expire(now)
         entry = self._entries.get((namespace, key))
@@ -83,7 +75,7 @@ class MemoryStore:
         return entry[0]
 
     async def set(self, namespace: str, key: str, value: str) -> None:
-        _check_namespace(namespace)
+        check_namespace(namespace)
         now = self._clock()
         self._expire(now)
         self._entries[(namespace, key)] = (value, now)
@@ -95,126 +87,13 @@ class MemoryStore:
         self._entries.clear()
 
 
-# Both scripts run atomically in Redis, so replicas racing on one namespace cannot break the bound.
-# KEYS[1]: the namespace's index, a sorted set of session keys by last use; KEYS[2]: the value's key.
-# Scores are Redis's own clock in microseconds, forced strictly increasing so that LRU order holds for
-# uses within one microsecond and across clock steps (replica clocks are never consulted).
-_NEXT_SCORE = """
-local t = redis.call('TIME')
-local score = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local top = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if top[2] and tonumber(top[2]) >= score then score = tonumber(top[2]) + 1 end
-"""
-
-# ARGV: session key, idle ms.  The index lives as long as its newest value, so it never outlives them.
-_GET = (
-    """
-local value = redis.call('GETEX', KEYS[2], 'PX', ARGV[2])
-if not value then return false end
-"""
-    + _NEXT_SCORE
-    + """
-redis.call('ZADD', KEYS[1], score, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return value
-"""
-)
-
-# ARGV: session key, value, idle ms, max entries, prefix of the namespace's value keys.
-# Members idle longer than the expiry are dropped first (their values already expired), then the least
-# recently used beyond the bound, whose values are deleted with them.
-_SET = (
-    """
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-"""
-    + _NEXT_SCORE
-    + """
-local idle = tonumber(ARGV[3]) * 1000
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', score - idle - 1)  -- a number: exact, no %.14g
-for _, member in ipairs(stale) do redis.call('DEL', ARGV[5] .. member) end
-if #stale > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, #stale - 1) end
-redis.call('ZADD', KEYS[1], score, ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4])
-if over > 0 then
-  for _, member in ipairs(redis.call('ZRANGE', KEYS[1], 0, over - 1)) do
-    redis.call('DEL', ARGV[5] .. member)
-  end
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1)
-end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return 1
-"""
-)
-
-
-class RedisStore:
-    """Values at `prefix + namespace + ":" + key` with a sliding `PX` expiry, one index per namespace.
-
-    The index (`prefix + namespace`, a sorted set) bounds each namespace to `max_entries_per_namespace`;
-    the evicted keys' values are deleted in the same script. Needs Redis >= 6.2 (GETEX); a single
-    server or a primary with replicas, not Redis Cluster (a script touches keys it cannot declare).
-    """
-
-    def __init__(
-        self,
-        url: str,
-        idle_seconds: float = 86_400,
-        max_entries_per_namespace: int = 10_000,
-        prefix: str = "letta-openai-proxy:",
-    ) -> None:
-        _check_limits(max_entries_per_namespace, idle_seconds)
-        self._idle_ms = max(1, round(idle_seconds * 1000))
-        self._max = max_entries_per_namespace
-        self._prefix = prefix
-        # A blocking pool: the plain one fails at once when a burst outnumbers its connections.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=REDIS_TIMEOUT,
-            decode_responses=True,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            socket_timeout=REDIS_TIMEOUT,
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), REDIS_RETRIES),
-        )
-        self._redis = redis.asyncio.Redis.from_pool(pool)
-        self._get = self._redis.register_script(_GET)
-        self._set = self._redis.register_script(_SET)
-
-    async def get(self, namespace: str, key: str) -> str | None:
-        _check_namespace(namespace)
-        try:
-            value = await self._get(
-                keys=[self._prefix + namespace, f"{self._prefix}{namespace}:{key}"],
-                args=[key, self._idle_ms],
-            )
-        except RedisError as exc:
-            raise _failure(exc) from exc
-        return value if isinstance(value, str) else None
-
-    async def set(self, namespace: str, key: str, value: str) -> None:
-        _check_namespace(namespace)
-        try:
-            await self._set(
-                keys=[self._prefix + namespace, f"{self._prefix}{namespace}:{key}"],
-                args=[key, value, self._idle_ms, self._max, f"{self._prefix}{namespace}:"],
-            )
-        except RedisError as exc:
-            raise _failure(exc) from exc
-
-    async def aclose(self) -> None:
-        try:
-            await self._redis.aclose()
-        except RedisError:  # closing a pool that never connected, or lost its server, is not a failure
-            pass
-
-
-def _failure(exc: RedisError) -> SessionStoreError:
-    """Names the failure's kind only: Redis messages can carry host names, never worth a client's eyes."""
-    return SessionStoreError(f"the session store (Redis) failed: {exc.__class__.__name__}")
-
-
 def open_store(redis_url: str | None, max_entries: int, idle_seconds: float) -> SessionStore:
-    """Redis when a URL is configured (the bound then applies per namespace), else in memory."""
+    """Redis when a URL is configured (the bound then applies per namespace), else in memory.
+
+    Redis's client is imported only then: it adds about 18 MiB to the process.
+    """
     if redis_url:
+        from proxy.redis_store import RedisStore
+
         return RedisStore(redis_url, idle_seconds=idle_seconds, max_entries_per_namespace=max_entries)
     return MemoryStore(max_entries=max_entries, idle_seconds=idle_seconds)

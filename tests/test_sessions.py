@@ -1,6 +1,8 @@
 """The session store (model scope), run alike against the in-memory backend and a real redis-server."""
 
 import asyncio
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -9,7 +11,8 @@ from pathlib import Path
 import pytest
 import redis.asyncio
 
-from proxy.sessions import MemoryStore, RedisStore, SessionStore, SessionStoreError, open_store
+from proxy.redis_store import RedisStore
+from proxy.sessions import MemoryStore, SessionStore, SessionStoreError, open_store
 from tests.proxy_process import free_port
 from tests.redis_server import RedisServer, running_redis
 
@@ -340,3 +343,13 @@ def test_redis_index_forgets_expired_keys(redis_url: str) -> None:
             await raw.aclose()
 
     asyncio.run(scenario())
+
+
+def test_without_a_redis_url_redis_is_never_imported() -> None:
+    """Its client adds about 18 MiB to the process: only a deployment that uses Redis pays for it."""
+    code = (
+        "import sys; from proxy.sessions import open_store; import proxy.app; "
+        "open_store(None, 10, 60); print('redis' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -75,15 +75,6 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
             retry_safe=not sent,
         )
     root = _root_cause(exc)
-    if isinstance(root, aiohttp.ClientConnectorError | httpx.ConnectError):
-        log.warning("Letta unreachable: %s", root.__class__.__name__)
-        return ProxyError(
-            503,
-            "The Letta server is unreachable.",
-            type="server_error",
-            code="upstream_unavailable",
-            retry_safe=True,  # no connection, so the turn never left
-        )
     if isinstance(root, TimeoutError | httpx.TimeoutException):
         log.warning("Letta timed out: %s", root.__class__.__name__)
         return ProxyError(
@@ -93,13 +84,14 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
             code="upstream_timeout",
             retry_safe=not sent,
         )
-    log.warning("Letta's connection broke off: %s", root.__class__.__name__)
-    if sent:
+    if sent and not isinstance(root, aiohttp.ClientConnectorError | httpx.ConnectError):
+        log.warning("Letta's connection broke off: %s", root.__class__.__name__)
         return upstream_failure(
             "The Letta server closed the connection before the turn was complete.",
             code="upstream_disconnected",
         )
-    return ProxyError(
+    log.warning("Letta unreachable: %s", root.__class__.__name__)
+    return ProxyError(  # safe to resend: there was no connection, or the turn had not left yet
         503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable"
     )
 

@@ -14,7 +14,7 @@ import respx
 
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta, _upstream_error
-from tests.conftest import AGENT, LETTA, make_settings, sse
+from tests.conftest import AGENT, LETTA, agents_page, make_settings, sse
 from tests.letta_captures import raw
 
 BOT = Agent(AGENT["id"], AGENT["name"], 0)
@@ -131,9 +131,7 @@ def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta
 def test_agents_are_matched_by_name_or_id(tmp_path: Path, letta: respx.MockRouter) -> None:
     """The allowlist accepts ids as well as names."""
     other = {**AGENT, "id": "agent-other", "name": "other"}
-    letta["agents"].mock(
-        side_effect=lambda r: httpx.Response(200, json=[] if "after" in r.url.params else [AGENT, other])
-    )
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
     agents = run(tmp_path, lambda client: client.agents(), proxy_agents=f"{AGENT['id']}")
     assert [a.name for a in agents] == [AGENT["name"]]
 
@@ -166,11 +164,6 @@ def test_readiness_is_false_when_letta_is_down(tmp_path: Path, letta: respx.Mock
     assert run(tmp_path, lambda client: client.ready()) is False
 
 
-def listing(*agents: dict[str, Any]) -> Any:
-    """Letta's agent list as it stands at each request: one page, then the empty page."""
-    return lambda request: httpx.Response(200, json=[] if "after" in request.url.params else list(agents))
-
-
 def test_a_stale_agent_list_is_served_while_it_is_listed_again(
     tmp_path: Path, letta: respx.MockRouter
 ) -> None:
@@ -179,7 +172,7 @@ def test_a_stale_agent_list_is_served_while_it_is_listed_again(
 
     async def scenario(client: Letta) -> list[list[str]]:
         seen = [[a.name for a in await client.agents()]]
-        letta["agents"].mock(side_effect=listing(AGENT, other))
+        letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
         await asyncio.sleep(0.3)  # past one period (0.2 s), within two
         seen += [[a.name for a in await client.agents()] for _ in range(5)]
         await asyncio.sleep(0.05)  # the background listing completes
@@ -199,7 +192,7 @@ def test_a_list_older_than_two_periods_is_listed_before_answering(
 
     async def scenario(client: Letta) -> list[str]:
         await client.agents()
-        letta["agents"].mock(side_effect=listing(AGENT, other))
+        letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
         await asyncio.sleep(0.25)
         return [a.name for a in await client.agents()]
 

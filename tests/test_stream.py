@@ -145,8 +145,8 @@ def test_the_source_is_closed_when_the_client_goes_away() -> None:
     assert closed == [True]
 
 
-def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
-    """While Letta is quiet the client gets SSE comments; the event that was awaited still arrives."""
+def paused_writes() -> list[bytes]:
+    """The writes for the captured stream with Letta silent for 0.35 s after its first token (idle 0.1 s)."""
     captured = events("stream_tokens.sse")
 
     async def slow() -> AsyncGenerator[object, None]:
@@ -158,7 +158,12 @@ def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
     async def collect() -> list[bytes]:
         return [f async for f in stream(slow(), idle_seconds=0.1)]
 
-    out = split(asyncio.run(collect()))
+    return asyncio.run(collect())
+
+
+def test_a_silent_upstream_gets_keepalive_comments_and_loses_nothing() -> None:
+    """While Letta is quiet the client gets SSE comments; the event that was awaited still arrives."""
+    out = split(paused_writes())
     assert out.count(KEEPALIVE) >= 2
     content = [
         json.loads(f[6:])["choices"][0]["delta"].get("content")
@@ -188,18 +193,7 @@ def test_events_already_in_go_out_as_one_write_and_so_does_the_end() -> None:
 
 def test_keepalives_are_writes_of_their_own_between_the_events() -> None:
     """A keepalive is never merged into event frames, and comes only while nothing is waiting to be sent."""
-    captured = events("stream_tokens.sse")
-
-    async def slow() -> AsyncGenerator[object, None]:
-        yield captured[1]
-        await asyncio.sleep(0.35)
-        for item in captured[2:]:
-            yield item
-
-    async def collect() -> list[bytes]:
-        return [f async for f in stream(slow(), idle_seconds=0.1)]
-
-    out = asyncio.run(collect())
+    out = paused_writes()
     assert out[:2] == [delta(ROLE), delta({"content": "Echo:"})]
     assert len(out) >= 6 and set(out[2:-2]) == {KEEPALIVE}
     assert out[-2] == b"".join(delta({"content": token}) for token in TOKENS[1:])

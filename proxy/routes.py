@@ -40,9 +40,9 @@ async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
 @get("/models", summary="List the Letta agents as models", responses={401: _ERROR, 503: _ERROR})
 async def list_models(request: Request, routing: NamedDependency[Routing]) -> protocol.ModelList:
-    """Every agent this key may use, by name."""
-    agents = await routing.visible(request.state.client)
-    return protocol.ModelList(data=[protocol.Model(id=agent.name, created=agent.created) for agent in agents])
+    """Every agent this key may use, by name (by id where agents share a name)."""
+    models = await routing.models(request.state.client)
+    return protocol.ModelList(data=[protocol.Model(id=name, created=agent.created) for name, agent in models])
 
 
 @post(

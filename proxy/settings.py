@@ -47,7 +47,9 @@ class Settings(BaseSettings):
         Path("proxy-api-key.json"),
         description="Where the generated key is kept when PROXY_API_KEYS is unset.",
     )
-    proxy_default_agent: str | None = Field(None, description="Agent used when a request names no model.")
+    proxy_default_agent: str | None = Field(
+        None, description="Agent used when a request names no model; unset: the oldest agent the key may use."
+    )
     proxy_agents: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allowlist of agent names or ids to expose, comma-separated; empty: all.",

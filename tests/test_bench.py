@@ -7,10 +7,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench import wire
 from bench.fake_letta import Upstream
 from bench.processes import Servers, free_port, wait_ready
+
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [

@@ -4,9 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from proxy.settings import Settings
 from tests.conftest import KEY
 from tests.proxy_process import PROJECT_ROOT, free_port, running_proxy
+
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
 
 
 def test_help_lists_every_setting(tmp_path: Path) -> None:

@@ -207,3 +207,33 @@ def test_without_conversations_the_chat_key_is_ignored(proxy: TestClient, letta:
     body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
     assert proxy.post(CHAT, json=body, headers=chat_key("x")).status_code == 200
     assert letta["send"].called
+
+
+# --- the default agent and shared names -----------------------------------------------------------
+
+
+def test_without_a_model_the_oldest_agent_answers_not_the_newest(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """An agent created later (listed first, as Letta lists newest first) never becomes the default."""
+    newer = {**OTHER, "created_at": "2099-01-01T00:00:00Z"}
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [newer, AGENT]))
+    with app(tmp_path) as client:
+        assert ask(client, "sk-all").json()["model"] == AGENT["name"]
+
+
+def test_agents_sharing_a_name_are_listed_by_id_and_the_name_is_refused(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """Two agents named alike: each is listed and reached by its id; the bare name is a 400 naming both."""
+    twin = {**AGENT, "id": "agent-twin"}
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, twin, OTHER]))
+    with app(tmp_path) as client:
+        listed = client.get("/v1/models", headers={"X-Api-Key": "sk-all"}).json()["data"]
+        assert [model["id"] for model in listed] == [AGENT["id"], "agent-twin", "other"]
+        refused = ask(client, "sk-all", model=AGENT["name"])
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["code"] == "ambiguous_model" and error["param"] == "model"
+        assert AGENT["id"] in error["message"] and "agent-twin" in error["message"]
+        assert not letta["send"].called
+        assert ask(client, "sk-all", model=AGENT["id"]).json()["model"] == AGENT["name"]

@@ -14,6 +14,8 @@ from tests.conftest import KEY
 from tests.fault_letta import FaultLetta
 from tests.proxy_process import running_proxy
 
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
+
 
 @pytest.fixture(scope="module")
 def fault() -> Iterator[FaultLetta]:

@@ -13,7 +13,8 @@ import pytest
 import respx
 
 from proxy.errors import ProxyError
-from proxy.letta import Agent, Letta, _upstream_error
+from proxy.letta import Agent, Letta
+from proxy.letta_errors import map_failure
 from tests.conftest import AGENT, LETTA, agents_page, make_settings, sse
 from tests.letta_captures import raw
 
@@ -112,7 +113,7 @@ def test_an_error_event_before_anything_else_fails_the_opening(
     assert caught.value.status == 502 and not caught.value.retry_safe
 
 
-def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta: respx.MockRouter) -> None:
+def test_a_malformed_event_mid_stream_is_anmap_failure(tmp_path: Path, letta: respx.MockRouter) -> None:
     """Garbage from Letta in the middle of a stream becomes a 502 error, not a crash."""
     body = raw("stream_tokens.sse").replace(b'"content":" me"}', b'"content":" me"', 1)
     letta["send"].mock(
@@ -225,7 +226,7 @@ def caused(outer: Exception, *causes: BaseException) -> Exception:
 def test_a_refused_connection_is_a_503_whatever_httpx_aiohttp_calls_it() -> None:
     """httpx-aiohttp maps aiohttp's refused connection to httpx's ConnectTimeout: the root cause decides."""
     refused = aiohttp.ClientConnectorError(MagicMock(), OSError(111, "Connection refused"))
-    error = _upstream_error(
+    error = map_failure(
         caused(letta_client.APITimeoutError(MagicMock()), httpx.ConnectTimeout("mapped"), refused),
         sent=True,
         secret=None,
@@ -244,5 +245,5 @@ def test_a_refused_connection_is_a_503_whatever_httpx_aiohttp_calls_it() -> None
 def test_transport_failures_map_by_their_root_cause(
     root: BaseException, sent: bool, status: int, code: str, retry_safe: bool
 ) -> None:
-    error = _upstream_error(caused(httpx.ReadError("wrapped"), root), sent=sent, secret=None)
+    error = map_failure(caused(httpx.ReadError("wrapped"), root), sent=sent, secret=None)
     assert (error.status, error.code, error.retry_safe) == (status, code, retry_safe)

@@ -205,8 +205,7 @@ class Letta:
         """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
         body = {"messages": _with_otids(messages)}
         path = f"/v1/agents/{agent.id}/messages"
-        loop = asyncio.get_running_loop()
-        async with self._within(loop.time() + self._turn_seconds, loop.time() + self._turn_seconds):
+        async with self._within(asyncio.get_running_loop().time() + self._turn_seconds):
             answer = await self._retrying(lambda: self._post_whole(path, body))
         return decode_turn(answer, self._secret)
 
@@ -237,8 +236,9 @@ class Letta:
             await response.aclose()
 
     @asynccontextmanager
-    async def _within(self, gap_end: float, turn_end: float) -> AsyncIterator[None]:
-        """The block, given up at whichever comes first: the end of Letta's allowed silence, or the turn's."""
+    async def _within(self, turn_end: float, *, gap: bool = False) -> AsyncIterator[None]:
+        """The block, given up at the end of the turn, or with `gap` after LETTA_TIMEOUT if sooner."""
+        gap_end = asyncio.get_running_loop().time() + self._gap if gap else turn_end
         try:
             async with asyncio.timeout_at(min(gap_end, turn_end)):
                 yield
@@ -333,8 +333,7 @@ class Letta:
         cancels a run left unfinished however the reader stops, even one that never reads past the opening,
         or one given up at PROXY_TURN_TIMEOUT_SECONDS, or after LETTA_TIMEOUT without an event.
         """
-        loop = asyncio.get_running_loop()
-        turn_end = loop.time() + self._turn_seconds
+        turn_end = asyncio.get_running_loop().time() + self._turn_seconds
         try:
             body = {
                 "messages": _with_otids(messages),
@@ -347,20 +346,20 @@ class Letta:
                 if conversation
                 else f"/v1/agents/{agent.id}/messages"
             )
-            async with self._within(turn_end, turn_end):
+            async with self._within(turn_end):
                 response = await self._retrying(lambda: self._post(path, body, unread=True))
             run_id, stopped = None, False
             try:
                 _event_stream(response)
                 async with aclosing(self._read(response)) as events:
-                    async with self._within(loop.time() + self._gap, turn_end):  # never across a yield
+                    async with self._within(turn_end, gap=True):  # never across a yield
                         event = await anext(events, None)
                     run_id = event.run_id if event else None
                     yield None
                     while event is not None:
                         stopped = stopped or event.message_type == "stop_reason"
                         yield event
-                        async with self._within(loop.time() + self._gap, turn_end):
+                        async with self._within(turn_end, gap=True):
                             event = await anext(events, None)
                         run_id = run_id or (event.run_id if event else None)
                 stopped = True

@@ -290,7 +290,7 @@ def test_letta_refusals_keep_their_meaning(
 def test_letta_s_error_text_reaches_neither_client_nor_log_with_secrets(
     proxy: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Letta's echo of our token is redacted for the client; its text, which echoes the user, is not logged."""
+    """Letta echoing our token: redacted for the client; its text, which echoes the user, is not logged."""
     response = chat(proxy, "leak")
     message = error_of(response, 502)["message"]
     assert LETTA_SECRET not in message and "[redacted]" in message

@@ -294,7 +294,8 @@ def test_letta_s_validation_errors_are_text_and_stay_out_of_the_log(caplog: pyte
 
 def test_letta_s_retry_after_is_passed_on() -> None:
     """A Letta that is unavailable for a while says for how long; the client hears it."""
-    error = map_failure(status_error(503, {"detail": "later"}, **{"retry-after": "7"}), sent=False, secret=None)
+    refusal = status_error(503, {"detail": "later"}, **{"retry-after": "7"})
+    error = map_failure(refusal, sent=False, secret=None)
     assert (error.status, error.headers) == (502, {"Retry-After": "7"})
 
 

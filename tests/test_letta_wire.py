@@ -165,7 +165,7 @@ def test_an_error_message_in_a_whole_turn_is_redacted() -> None:
     [
         ("plain words", "plain words"),
         (
-            [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required", "input": "user words"}],
+            [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required", "input": "words"}],
             "body.messages: Field required",
         ),
         ({"code": "PENDING_APPROVAL", "message": "waiting", "pending_request_id": "m-1"}, "waiting"),

@@ -223,8 +223,6 @@ class Letta:
     async def _body(self, response: httpx.Response, *, sent: bool) -> bytes:
         """The body, read as it comes and given up once past PROXY_MAX_UPSTREAM_BYTES."""
         try:
-            if int(response.headers.get("content-length") or 0) > self._max_bytes:
-                raise too_large(self._max_bytes, sent=sent)
             pieces, size = [], 0
             async for piece in response.aiter_bytes():
                 size += len(piece)

@@ -267,8 +267,10 @@ class FaultLetta:
                 await chunk(b"this is not sse\n\ndata: {broken json\n\n")
             if index == 0 and scenario == "endless-stream":
                 return await _silent(reader)
-            if index == 0 and scenario == "pinging":  # a ping every SLOW_GAP, as long as the proxy listens
-                while not reader.at_eof():
+            if index == 0 and scenario == "pinging":  # a ping every SLOW_GAP while the proxy listens (30 s)
+                for _ in range(120):
+                    if reader.at_eof():
+                        break
                     await asyncio.sleep(SLOW_GAP)
                     await chunk(_event(STREAM[0]))
                 return False

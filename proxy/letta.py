@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from contextlib import aclosing, asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -21,6 +20,7 @@ from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types import MessageCreateParam
 
 from proxy.errors import ProxyError, upstream_failure
+from proxy.letta_agents import Agent, AgentDirectory
 from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
 from proxy.letta_wire import AgentRecord, LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
 from proxy.settings import Settings
@@ -33,18 +33,9 @@ KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta 0.16.8 (uvicorn) clos
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
-LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
-MAX_LIST_PAGES = 1000  # 100,000 agents: a listing longer than that is a Letta that does not paginate
 READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    id: str
-    name: str
-    created: int
 
 
 def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
@@ -79,21 +70,16 @@ class Letta:
             max_retries=0,  # a resent turn would be written twice into the agent's memory
             http_client=http_client(),
         )
-        self._allowed = set(settings.proxy_agents)
-        self._cache_seconds = settings.proxy_agent_cache_seconds
         self._connect_retries = settings.letta_connect_retries
         self._gap = settings.letta_timeout
         self._turn_seconds = settings.proxy_turn_timeout_seconds
         self._max_bytes = settings.proxy_max_upstream_bytes
         self._background: set[asyncio.Task[None]] = set()
-        self._agents: list[Agent] = []
-        self._fetched_at = -float("inf")
-        self._refreshing: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self._ready = False
         self._ready_at = -float("inf")
         self._checking: asyncio.Task[None] | None = None
         self._has_conversations: bool | None = None
+        self._directory = AgentDirectory(self._page, settings, self._in_background)
 
     async def aclose(self) -> None:
         if self._background:
@@ -121,69 +107,7 @@ class Letta:
             self._checking = None
 
     async def agents(self) -> list[Agent]:
-        """The exposed agents, listed at most once per cache period however many requests ask.
-
-        Stale for less than another period, the list is served while a background task lists again, so
-        a busy proxy never makes a request wait on a listing; only one idle for longer lists first.
-        """
-        age = time.monotonic() - self._fetched_at
-        if age < self._cache_seconds:
-            return self._agents
-        if age < 2 * self._cache_seconds:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = self._in_background(self._refresh_quietly())
-            return self._agents
-        return await self._refresh()
-
-    async def _refresh(self) -> list[Agent]:
-        async with self._lock:
-            if time.monotonic() - self._fetched_at >= self._cache_seconds:  # else another caller just did
-                self._agents = await self._list_agents()
-                self._fetched_at = time.monotonic()
-            return self._agents
-
-    async def _refresh_quietly(self) -> None:
-        try:
-            await self._refresh()
-        except ProxyError as error:
-            log.warning("could not list the agents again: %s", error.code)
-
-    async def _list_agents(self) -> list[Agent]:
-        """Every page, all within one LETTA_TIMEOUT: a listing that does not end is Letta's fault."""
-        try:
-            async with asyncio.timeout(self._gap):
-                listed = await self._pages()
-        except TimeoutError:
-            raise ProxyError(
-                504,
-                "Listing the Letta server's agents took too long.",
-                type="server_error",
-                code="upstream_timeout",
-            ) from None
-        if not self._allowed:
-            return listed
-        return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
-
-    async def _pages(self) -> list[Agent]:
-        """Decoded by msgspec into the three fields used: pydantic took 1.4 s per 1,000 agents.
-
-        A cursor seen before, or more pages than any real Letta holds, ends the listing as a 502.
-        """
-        listed: list[Agent] = []
-        params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
-        cursors: set[str] = set()
-        for _ in range(MAX_LIST_PAGES):
-            page = await self._page(params)
-            if not page:
-                return listed
-            listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0) for a in page
-            )
-            if page[-1].id in cursors:
-                raise _bad_listing("its pages repeat themselves")
-            cursors.add(page[-1].id)
-            params["after"] = page[-1].id
-        raise _bad_listing(f"it has more than {MAX_LIST_PAGES} pages")
+        return await self._directory.agents()
 
     async def _page(self, params: dict[str, object]) -> list[AgentRecord]:
         """One page, retried briefly if Letta fails; a Letta that asks us to wait is left alone and its
@@ -385,7 +309,7 @@ class Letta:
             return await call()
         except letta_client.NotFoundError as exc:
             if sent:
-                self._fetched_at = -float("inf")  # the agent is gone: list again next time
+                self._directory.forget()  # the agent is gone: list again next time
                 raise ProxyError(
                     404,
                     "The agent behind this model no longer exists.",
@@ -411,12 +335,3 @@ def _passing(exc: Exception) -> bool:
         status = exc.status_code
         return (status >= 500 or status in (408, 429)) and "retry-after" not in exc.response.headers
     return True
-
-
-def _bad_listing(why: str) -> ProxyError:
-    return ProxyError(
-        502,
-        f"The Letta server's agent list cannot be read: {why}.",
-        type="server_error",
-        code="upstream_error",
-    )

@@ -269,7 +269,7 @@ def test_a_listing_longer_than_any_letta_holds_is_a_502(
     tmp_path: Path, letta: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pages that advance for ever stop at MAX_LIST_PAGES."""
-    monkeypatch.setattr("proxy.letta.MAX_LIST_PAGES", 3)
+    monkeypatch.setattr("proxy.letta_agents.MAX_LIST_PAGES", 3)
     pages = iter(range(1000))
     letta["agents"].mock(
         side_effect=lambda _: httpx.Response(200, json=[{**AGENT, "id": f"agent-{next(pages)}"}])

@@ -107,9 +107,10 @@ def test_refused_connections_are_a_503(tmp_path: Path) -> None:
         assert error_of(client.get("/v1/models"), 503)["code"] == "upstream_unavailable"
 
 
-def test_a_letta_that_accepts_then_hangs_is_a_504(proxy: TestClient) -> None:
-    """A turn with no answer within LETTA_TIMEOUT is a 504 that must not be retried."""
-    response = chat(proxy, "hang")
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_letta_that_accepts_then_hangs_is_a_504(proxy: TestClient, stream: bool) -> None:
+    """A turn with no answer within LETTA_TIMEOUT is a 504 that must not be retried, before any stream."""
+    response = chat(proxy, "hang", stream=stream)
     assert error_of(response, 504)["code"] == "upstream_timeout"
     assert response.headers["x-should-retry"] == "false"
 

@@ -7,9 +7,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -21,7 +20,9 @@ from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types import MessageCreateParam
 
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
+from proxy.letta_agents import Agent, AgentDirectory
+from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
+from proxy.letta_wire import AgentRecord, LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -32,71 +33,9 @@ KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta 0.16.8 (uvicorn) clos
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
-LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    id: str
-    name: str
-    created: int
-
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.TransportError, TimeoutError)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost transport error behind `exc`: the SDK wraps httpx's error, which wraps aiohttp's,
-    and httpx-aiohttp maps some of aiohttp's to the wrong httpx class (a refused connection to a timeout)."""
-    root, cause = exc, exc.__cause__
-    while cause is not None:
-        root = cause if isinstance(cause, TRANSPORT_ERRORS) else root
-        cause = cause.__cause__
-    return root
-
-
-def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyError:
-    """Maps an SDK or transport failure to 503/504/502; `sent` marks failures after the turn left us.
-
-    Letta's own words are passed on, shortened, with our Letta token cut out should Letta echo it.
-    """
-    if isinstance(exc, letta_client.APIStatusError):
-        detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-        summary = str(detail or exc.response.reason_phrase)
-        summary = (summary.replace(secret, "[redacted]") if secret else summary)[:200]
-        log.warning("Letta answered %s: %s", exc.status_code, summary)
-        return ProxyError(
-            502,
-            f"The Letta server answered {exc.status_code}: {summary}",
-            type="server_error",
-            code="upstream_error",
-            retry_safe=not sent,
-        )
-    root = _root_cause(exc)
-    if isinstance(root, TimeoutError | httpx.TimeoutException):
-        log.warning("Letta timed out: %s", root.__class__.__name__)
-        return ProxyError(
-            504,
-            "The Letta server did not answer in time.",
-            type="server_error",
-            code="upstream_timeout",
-            retry_safe=not sent,
-        )
-    if sent and not isinstance(root, aiohttp.ClientConnectorError | httpx.ConnectError):
-        log.warning("Letta's connection broke off: %s", root.__class__.__name__)
-        return upstream_failure(
-            "The Letta server closed the connection before the turn was complete.",
-            code="upstream_disconnected",
-        )
-    log.warning("Letta unreachable: %s", root.__class__.__name__)
-    return ProxyError(  # safe to resend: there was no connection, or the turn had not left yet
-        503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable"
-    )
-
-
-UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError, *TRANSPORT_ERRORS)  # aiohttp's unmapped ones too
+READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
 
 
 def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
@@ -131,17 +70,16 @@ class Letta:
             max_retries=0,  # a resent turn would be written twice into the agent's memory
             http_client=http_client(),
         )
-        self._allowed = set(settings.proxy_agents)
-        self._cache_seconds = settings.proxy_agent_cache_seconds
         self._connect_retries = settings.letta_connect_retries
+        self._gap = settings.letta_timeout
+        self._turn_seconds = settings.proxy_turn_timeout_seconds
+        self._max_bytes = settings.proxy_max_upstream_bytes
         self._background: set[asyncio.Task[None]] = set()
-        self._agents: list[Agent] = []
-        self._fetched_at = -float("inf")
-        self._refreshing: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self._ready = False
         self._ready_at = -float("inf")
+        self._checking: asyncio.Task[None] | None = None
         self._has_conversations: bool | None = None
+        self._directory = AgentDirectory(self._page, settings, self._in_background)
 
     async def aclose(self) -> None:
         if self._background:
@@ -149,74 +87,89 @@ class Letta:
         await self._client.close()
 
     async def ready(self) -> bool:
-        """Whether Letta answers its health check; remembered briefly so probes cannot flood Letta."""
+        """Whether Letta answers its health check; remembered briefly, and asked once however many
+        probes come meanwhile, so that probes cannot flood a failing Letta."""
         if time.monotonic() - self._ready_at >= READY_CACHE_SECONDS:
-            try:
-                await self._client.with_options(timeout=READY_TIMEOUT).health()
-                self._ready = True
-            except UPSTREAM_ERRORS as exc:
-                log.warning("Letta is not ready: %s", exc.__class__.__name__)
-                self._ready = False
-            self._ready_at = time.monotonic()
+            if self._checking is None:
+                self._checking = self._in_background(self._check())
+            await asyncio.shield(self._checking)  # a probe that gives up leaves the check to the others
         return self._ready
 
-    async def agents(self) -> list[Agent]:
-        """The exposed agents, listed at most once per cache period however many requests ask.
-
-        Stale for less than another period, the list is served while a background task lists again, so
-        a busy proxy never makes a request wait on a listing; only one idle for longer lists first.
-        """
-        age = time.monotonic() - self._fetched_at
-        if age < self._cache_seconds:
-            return self._agents
-        if age < 2 * self._cache_seconds:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = self._in_background(self._refresh_quietly())
-            return self._agents
-        return await self._refresh()
-
-    async def _refresh(self) -> list[Agent]:
-        async with self._lock:
-            if time.monotonic() - self._fetched_at >= self._cache_seconds:  # else another caller just did
-                self._agents = await self._call(self._list_agents, sent=False)
-                self._fetched_at = time.monotonic()
-            return self._agents
-
-    async def _refresh_quietly(self) -> None:
+    async def _check(self) -> None:
         try:
-            await self._refresh()
-        except ProxyError as error:
-            log.warning("could not list the agents again: %s", error.message)
+            await self._client.with_options(timeout=READY_TIMEOUT).health()
+            self._ready = True
+        except UPSTREAM_ERRORS as exc:
+            log.warning("Letta is not ready: %s", exc.__class__.__name__)
+            self._ready = False
+        finally:
+            self._ready_at = time.monotonic()
+            self._checking = None
 
-    async def _list_agents(self) -> list[Agent]:
-        """Every page, decoded by msgspec into the three fields used: pydantic took 1.4 s per 1,000 agents."""
-        client = self._client.with_options(max_retries=LIST_RETRIES)
-        listed: list[Agent] = []
-        params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
-        while page := decode_agents(
-            (await client.get("/v1/agents/", cast_to=httpx.Response, options={"params": params})).content
-        ):
-            listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0) for a in page
-            )
-            params["after"] = page[-1].id
-        if not self._allowed:
-            return listed
-        return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
+    async def agents(self) -> list[Agent]:
+        return await self._directory.agents()
+
+    async def _page(self, params: dict[str, object]) -> list[AgentRecord]:
+        """One page, retried briefly if Letta fails; a Letta that asks us to wait is left alone and its
+        Retry-After passed on, rather than waited out while a request waits on the listing."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.get(
+                    "/v1/agents/", cast_to=httpx.Response, options={"params": params, "headers": READ_WHOLE}
+                )
+                return decode_agents(await self._body(response, sent=False))
+            except UPSTREAM_ERRORS as exc:
+                if attempt >= LIST_RETRIES or not _passing(exc):
+                    raise map_failure(exc, sent=False, secret=self._secret) from exc
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
+            attempt += 1
 
     async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
-        """One whole turn."""
+        """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
         body = {"messages": _with_otids(messages)}
-        response = await self._retrying(lambda: self._post(f"/v1/agents/{agent.id}/messages", body))
-        return decode_turn(response.content)
+        path = f"/v1/agents/{agent.id}/messages"
+        async with self._within(asyncio.get_running_loop().time() + self._turn_seconds):
+            answer = await self._retrying(lambda: self._post_whole(path, body))
+        return decode_turn(answer, self._secret)
 
     async def _post(self, path: str, body: dict[str, Any], *, unread: bool = False) -> httpx.Response:
         """A POST through the SDK (URL, credentials, timeouts, errors) that leaves decoding to msgspec.
 
         `unread` asks the SDK for the body as a stream, the switch its own `with_streaming_response` uses.
         """
-        headers = {RAW_RESPONSE_HEADER: "stream"} if unread else {}
+        headers = READ_WHOLE if unread else {}
         return await self._client.post(path, body=body, cast_to=httpx.Response, options={"headers": headers})
+
+    async def _post_whole(self, path: str, body: dict[str, Any]) -> bytes:
+        return await self._body(await self._post(path, body, unread=True), sent=True)
+
+    async def _body(self, response: httpx.Response, *, sent: bool) -> bytes:
+        """The body, read as it comes and given up once past PROXY_MAX_UPSTREAM_BYTES."""
+        try:
+            pieces, size = [], 0
+            async for piece in response.aiter_bytes():
+                size += len(piece)
+                if size > self._max_bytes:
+                    raise too_large(self._max_bytes, sent=sent)
+                pieces.append(piece)
+            return b"".join(pieces)
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def _within(self, turn_end: float, *, gap: bool = False) -> AsyncIterator[None]:
+        """The block, given up at the end of the turn, or with `gap` after LETTA_TIMEOUT if sooner."""
+        gap_end = asyncio.get_running_loop().time() + self._gap if gap else turn_end
+        try:
+            async with asyncio.timeout_at(min(gap_end, turn_end)):
+                yield
+        except TimeoutError as exc:
+            if turn_end <= gap_end:
+                message = f"The turn took longer than the proxy allows ({self._turn_seconds:g} s)."
+            else:
+                message = f"The Letta server sent nothing for {self._gap:g} s."
+            raise timed_out(message) from exc
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""
@@ -299,8 +252,10 @@ class Letta:
         """Yields None once the first event is in, then the events.
 
         Everything happens inside the generator, so that its `finally` closes the upstream response and
-        cancels a run left unfinished however the reader stops, even one that never reads past the opening.
+        cancels a run left unfinished however the reader stops, even one that never reads past the opening,
+        or one given up at PROXY_TURN_TIMEOUT_SECONDS, or after LETTA_TIMEOUT without an event.
         """
+        turn_end = asyncio.get_running_loop().time() + self._turn_seconds
         try:
             body = {
                 "messages": _with_otids(messages),
@@ -313,17 +268,21 @@ class Letta:
                 if conversation
                 else f"/v1/agents/{agent.id}/messages"
             )
-            response = await self._retrying(lambda: self._post(path, body, unread=True))
+            async with self._within(turn_end):
+                response = await self._retrying(lambda: self._post(path, body, unread=True))
             run_id, stopped = None, False
             try:
+                _event_stream(response)
                 async with aclosing(self._read(response)) as events:
-                    event = await anext(events, None)
+                    async with self._within(turn_end, gap=True):  # never across a yield
+                        event = await anext(events, None)
                     run_id = event.run_id if event else None
                     yield None
                     while event is not None:
                         stopped = stopped or event.message_type == "stop_reason"
                         yield event
-                        event = await anext(events, None)
+                        async with self._within(turn_end, gap=True):
+                            event = await anext(events, None)
                         run_id = run_id or (event.run_id if event else None)
                 stopped = True
             finally:
@@ -335,7 +294,7 @@ class Letta:
 
     async def _read(self, response: httpx.Response) -> AsyncGenerator[LettaMessage, None]:
         """The stream's messages as its bytes arrive, up to `[DONE]`."""
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self._secret)
         try:
             async for chunk in response.aiter_bytes():
                 for message in decoder.feed(chunk):
@@ -343,20 +302,36 @@ class Letta:
                 if decoder.done:
                     return
         except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=True, secret=self._secret) from exc
+            raise map_failure(exc, sent=True, secret=self._secret) from exc
 
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:
             return await call()
         except letta_client.NotFoundError as exc:
             if sent:
-                self._fetched_at = -float("inf")  # the agent is gone: list again next time
+                self._directory.forget()  # the agent is gone: list again next time
                 raise ProxyError(
                     404,
                     "The agent behind this model no longer exists.",
                     code="model_not_found",
                     param="model",
                 ) from exc
-            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
+            raise map_failure(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
+            raise map_failure(exc, sent=sent, secret=self._secret) from exc
+
+
+def _event_stream(response: httpx.Response) -> None:
+    """Refuses, before the client's stream opens, an answer that is not Letta's event stream (a proxy's
+    HTML page, say)."""
+    kind = response.headers.get("content-type", "")
+    if not kind.startswith("text/event-stream"):
+        raise upstream_failure(f"The Letta server answered a stream with '{kind[:60]}', not an event stream.")
+
+
+def _passing(exc: Exception) -> bool:
+    """A failure of a listing that is worth one more try: not a refusal, and not one that asks us to wait."""
+    if isinstance(exc, letta_client.APIStatusError):
+        status = exc.status_code
+        return (status >= 500 or status in (408, 429)) and "retry-after" not in exc.response.headers
+    return True

@@ -30,7 +30,10 @@ class Settings(BaseSettings):
     )
     letta_project: str | None = Field(None, description="Letta Cloud project, sent as the X-Project header.")
     letta_timeout: float = Field(
-        300.0, gt=0, description="Seconds to wait for Letta: a whole turn, or the gap between stream events."
+        300.0,
+        gt=0,
+        description="Seconds Letta may stay silent: one read, the gap between stream events, or a whole "
+        "agent listing.",
     )
     letta_connect_retries: int = Field(
         2,
@@ -72,6 +75,14 @@ class Settings(BaseSettings):
     )
     proxy_queue_timeout: float = Field(
         120.0, gt=0, description="How long a turn may wait for its agent's previous turns before a 429."
+    )
+    proxy_turn_timeout_seconds: float = Field(
+        900.0, gt=0, description="Seconds one turn may take in Letta in all, however steadily Letta answers."
+    )
+    proxy_max_upstream_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest answer read from Letta: a whole turn or a page of agents.",
     )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")

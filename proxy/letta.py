@@ -106,8 +106,8 @@ class Letta:
             self._ready_at = time.monotonic()
             self._checking = None
 
-    async def agents(self) -> list[Agent]:
-        return await self._directory.agents()
+    async def agents(self, *, fresh: bool = False) -> list[Agent]:
+        return await self._directory.agents(fresh=fresh)
 
     async def _page(self, params: dict[str, object]) -> list[AgentRecord]:
         """One page, retried briefly if Letta fails; a Letta that asks us to wait is left alone and its

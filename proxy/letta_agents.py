@@ -18,6 +18,7 @@ from proxy.settings import Settings
 log = logging.getLogger("proxy")
 
 LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
+MISS_RELIST_SECONDS = 1.0  # a model missing from the list lists again, at most this often however many miss
 MAX_LIST_PAGES = 1000  # 100,000 agents: a listing longer than that is a Letta that does not paginate
 
 PageReader = Callable[[dict[str, object]], Awaitable[list[AgentRecord]]]
@@ -47,13 +48,17 @@ class AgentDirectory:
         """The list is out of date (an agent in it is gone): list again next time."""
         self._fetched_at = -float("inf")
 
-    async def agents(self) -> list[Agent]:
+    async def agents(self, *, fresh: bool = False) -> list[Agent]:
         """The exposed agents, listed at most once per cache period however many requests ask.
 
         Stale for less than another period, the list is served while a background task lists again, so
         a busy proxy never makes a request wait on a listing; only one idle for longer lists first.
+        `fresh` is for a model the list lacks, perhaps an agent made a moment ago: it lists again unless
+        the list is under a second old, so a stream of unknown names costs Letta one listing a second.
         """
         age = time.monotonic() - self._fetched_at
+        if fresh and age >= MISS_RELIST_SECONDS:
+            return await self._refresh(MISS_RELIST_SECONDS)
         if age < self._cache_seconds:
             return self._agents
         if age < 2 * self._cache_seconds:
@@ -62,9 +67,10 @@ class AgentDirectory:
             return self._agents
         return await self._refresh()
 
-    async def _refresh(self) -> list[Agent]:
+    async def _refresh(self, max_age: float | None = None) -> list[Agent]:
         async with self._lock:
-            if time.monotonic() - self._fetched_at >= self._cache_seconds:  # else another caller just did
+            oldest = self._cache_seconds if max_age is None else max_age
+            if time.monotonic() - self._fetched_at >= oldest:  # else another caller just did
                 self._agents = await self._list_agents()
                 self._fetched_at = time.monotonic()
             return self._agents

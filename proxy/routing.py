@@ -28,9 +28,10 @@ class Routing:
         self._scope = scope
         self._default = default
 
-    async def visible(self, client: Client) -> list[Agent]:
-        """The exposed agents this client's key may use."""
-        return [agent for agent in await self._letta.agents() if client.may_use(agent.id, agent.name)]
+    async def visible(self, client: Client, *, fresh: bool = False) -> list[Agent]:
+        """The exposed agents this client's key may use; `fresh` for a model the cached list lacks."""
+        agents = await self._letta.agents(fresh=fresh)
+        return [agent for agent in agents if client.may_use(agent.id, agent.name)]
 
     async def models(self, client: Client) -> list[tuple[str, Agent]]:
         """The key's agents under their model ids: the name, or the id where agents share a name."""
@@ -43,7 +44,7 @@ class Routing:
         agents = await self.visible(client)
         session = self._session_key(user)
         if model:
-            agent = _find(agents, model)
+            agent = _find(agents, model) or _find(await self.visible(client, fresh=True), model)
             if agent is None:
                 raise model_not_found(model)
             if session is not None:

@@ -237,3 +237,27 @@ def test_agents_sharing_a_name_are_listed_by_id_and_the_name_is_refused(
         assert AGENT["id"] in error["message"] and "agent-twin" in error["message"]
         assert not letta["send"].called
         assert ask(client, "sk-all", model=AGENT["id"]).json()["model"] == AGENT["name"]
+
+
+def test_an_agent_made_a_moment_ago_is_found_without_waiting_for_the_cache(
+    tmp_path: Path, letta: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model missing from the cached list lists again at once; misses cost at most one listing a second."""
+    now = [1000.0]
+    monkeypatch.setattr("proxy.letta_agents.time.monotonic", lambda: now[0])
+    listed = [AGENT]
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, listed))
+    with app(tmp_path, proxy_agent_cache_seconds=600) as client:
+        assert ask(client, "sk-all").status_code == 200
+        listings = letta["agents"].call_count
+        listed.append(OTHER)
+        now[0] += 1.5  # the cached list is 1.5 s old, far inside its 600 s
+        letta.post(f"/v1/agents/{OTHER['id']}/messages").mock(
+            return_value=httpx.Response(200, json=wire("send_message.json"))
+        )
+        assert ask(client, "sk-all", model="other").json()["model"] == "other"
+        relisted = letta["agents"].call_count
+        assert relisted > listings
+        for _ in range(5):
+            assert ask(client, "sk-all", model="no-such-agent").status_code == 404
+        assert letta["agents"].call_count == relisted

@@ -8,6 +8,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from proxy.auth import load_clients
+from proxy.edge import ProxyRequest, body_deadline
 from proxy.errors import exception_handlers
 from proxy.letta import Letta
 from proxy.observe import observe
@@ -60,7 +61,8 @@ def create_app(settings: Settings) -> Litestar:
         else None,
         logging_config=None,
         openapi_config=OPENAPI,
+        request_class=ProxyRequest,
     )
     # Around Litestar's whole handler, not per route: requests that match no route are observed too.
-    app.asgi_handler = observe(app.asgi_handler)
+    app.asgi_handler = observe(body_deadline(app.asgi_handler, settings.proxy_body_timeout_seconds))
     return app

@@ -31,8 +31,14 @@ STARTUP_CHECK_TIMEOUT = 3.0
 SPARE_FILES = 256  # beyond two per connection (the client's and its Letta one): logs, sockets, the venv
 
 
+# The HTTP clients under letta-client log whole requests at debug level (letta-client its request
+# options, JSON body included): pinned at warning whatever PROXY_LOG_LEVEL (or LETTA_LOG) says, so that
+# message text never reaches the log.
+QUIET_LOGGERS = ("letta_client", "httpx", "httpcore", "httpx_aiohttp", "aiohttp")
+
+
 def logging_config(level: str, form: str) -> dict[str, Any]:
-    """One format for the proxy's and Granian's lines; the Letta client's per-request lines muted."""
+    """One format for the proxy's and Granian's lines; the HTTP clients' per-request lines muted."""
     formatter = (
         {"()": "proxy.observe.JsonFormatter"}
         if form == "json"
@@ -45,7 +51,10 @@ def logging_config(level: str, form: str) -> dict[str, Any]:
         "formatters": {"main": formatter},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
-        "loggers": {"httpx": {"level": "WARNING"}, "_granian": {"level": level.upper()}},
+        "loggers": {
+            "_granian": {"level": level.upper()},
+            **{name: {"level": "WARNING"} for name in QUIET_LOGGERS},
+        },
     }
 
 

@@ -9,7 +9,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from proxy.auth import load_clients
 from proxy.edge import ProxyRequest, body_deadline
-from proxy.errors import exception_handlers
+from proxy.errors import exception_handlers, json_not_found
 from proxy.letta import Letta
 from proxy.observe import observe
 from proxy.routes import metrics, probes, v1
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> Litestar:
             "chat": _singleton(Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)),
         },
         exception_handlers=exception_handlers,
+        after_request=json_not_found,
         on_shutdown=[letta.aclose, store.aclose],
         state=State({"clients": load_clients(settings)}),
         request_max_body_size=settings.proxy_max_body_bytes,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.conftest import KEY
+from tests.fault_letta import FaultLetta
 from tests.proxy_process import free_port, running_proxy
 
 pytestmark = pytest.mark.slow
@@ -92,3 +93,23 @@ def test_a_kept_alive_connection_left_idle_is_closed_after_the_deadline(tmp_path
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: proxy\r\n\r\n")
             assert sock.recv(4096).startswith(b"HTTP/1.1 200")
             assert closed_by_peer(sock, within=3)
+
+
+def test_a_stream_longer_than_the_header_deadline_is_not_cut(tmp_path: Path) -> None:
+    """The deadline is on reading a request head, never on an answer being sent: a stream of about 3 s
+    under a 1 s deadline ends with [DONE], and its kept-alive connection serves the next request."""
+    fault = FaultLetta().start()
+    try:
+        body = {"model": "slow-stream", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        with (
+            running_proxy(tmp_path, KEY, LETTA_BASE_URL=fault.url, PROXY_HEADER_TIMEOUT_SECONDS="1") as proxy,
+            httpx.Client(base_url=proxy.url, headers={"X-Api-Key": KEY}, timeout=30) as client,
+        ):
+            started = time.monotonic()
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                lines = [line for line in response.iter_lines() if line]
+            assert time.monotonic() - started > 2
+            assert lines[-1] == "data: [DONE]"
+            assert client.get("/health").status_code == 200
+    finally:
+        fault.stop()

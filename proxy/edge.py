@@ -10,7 +10,7 @@ import asyncio
 
 from litestar import Request
 from litestar.exceptions import SerializationException
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from proxy.errors import ProxyError
 
@@ -30,7 +30,7 @@ def body_deadline(app: ASGIApp, seconds: float) -> ASGIApp:
         deadline = asyncio.get_running_loop().time() + seconds
         complete = False
 
-        async def receive_body() -> Message:
+        async def receive_body() -> ReceiveMessage:
             nonlocal complete
             if complete:
                 return await receive()

@@ -3,6 +3,7 @@
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
+from litestar.exceptions import NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
@@ -32,10 +33,18 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Runs before the body is read: without a valid key, nothing else of the request is looked at."""
-    client = identify(presented_key(connection.headers), connection.app.state.clients)
+    client = identify(presented_key(connection.headers.items()), connection.app.state.clients)
     if client is None:
         raise unauthorized()
     connection.state.client = client
+
+
+async def require_unscoped_key(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+    """The metrics name every agent, so a key scoped to some agents is told the route does not exist,
+    exactly as for any unknown route."""
+    await require_key(connection, handler)
+    if connection.state.client.agents is not None:
+        raise NotFoundException()
 
 
 @get("/models", summary="List the Letta agents as models", responses={401: _ERROR, 503: _ERROR})
@@ -81,9 +90,9 @@ async def ready(letta: NamedDependency[Letta]) -> Response[protocol.Health]:
     return Response(protocol.Health("unavailable"), status_code=503)
 
 
-@get("/metrics", summary="Prometheus metrics", guards=[require_key], include_in_schema=False)
+@get("/metrics", summary="Prometheus metrics", guards=[require_unscoped_key], include_in_schema=False)
 async def metrics() -> Response[bytes]:
-    """Behind the same keys as the API: scrape with `authorization: {credentials: <key>}`."""
+    """Behind the keys that are scoped to no agents: scrape with `authorization: {credentials: <key>}`."""
     body, media_type = exposition()
     return Response(body, media_type=media_type)
 

@@ -86,6 +86,17 @@ class Settings(BaseSettings):
     )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    proxy_body_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest time a request body may take to arrive, then a 408."
+    )
+    proxy_max_connections: int = Field(
+        4096, ge=16, description="Most open client connections; beyond it new ones wait in the listen queue."
+    )
+    proxy_header_timeout_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="A connection that sends no complete request head this long (new or idle) is closed.",
+    )
     proxy_max_messages: int = Field(5000, gt=0, description="Most messages one request may carry.")
     proxy_max_text_chars: int = Field(
         1_000_000, gt=0, description="Most characters of text forwarded to the agent in one request."

@@ -22,6 +22,7 @@ ROWS = [
     "| stream, 32 concurrent, 5 chunks | first chunk p50 (ms) |",
     "| 50 open streams, slow upstream | peak RSS / PSS, whole process tree (MiB) |",
     "| 100 sequential (sync and stream alternately) | open files after 10 / 50 / 100 |",
+    "| siege: 20 idle connections + 4 stalled streams, 1 s | GET /health on a new connection: answered;",
 ]
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from proxy.auth import load_clients
 from proxy.settings import Settings
 
 pytestmark = pytest.mark.slow  # real processes; outside the fast loop
@@ -215,6 +216,19 @@ def test_k8s_settings_are_real_and_secrets_stay_secret(k8s: dict[str, dict[str, 
     # Placeholders that say so, never something that looks like a real key.
     assert all(value.startswith("REPLACE ME") for value in secret.values())
     assert "REPLACE" in (K8S / "secret.yaml").read_text().split("apiVersion")[0]
+
+
+def test_the_k8s_placeholder_key_stops_the_proxy_instead_of_opening_it(
+    k8s: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Applied unedited, the Secret's placeholder is no key: start-up refuses it, naming the setting."""
+    placeholder = k8s["Secret"]["stringData"]["PROXY_API_KEYS"]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, proxy_api_keys=placeholder, proxy_api_key_file=tmp_path / "k.json"
+    )
+    with pytest.raises(SystemExit, match="PROXY_API_KEYS") as refused:
+        load_clients(settings)
+    assert placeholder not in str(refused.value)
 
 
 def pod(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:

@@ -236,6 +236,27 @@ class Letta:
         except UPSTREAM_ERRORS as exc:
             log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
 
+    async def cancel_active(self, agent: Agent, conversation: str | None) -> None:
+        """Cancels the runs active in one history of the agent (its default one, or `conversation`).
+
+        For a turn whose client left before its run id was known: called while the proxy holds that
+        history's turn, when the only run active there is the leaving turn's. Letta's cancel without run
+        ids would also stop the runs of the agent's other conversations, so the runs are picked here.
+        """
+        client = self._client.with_options(timeout=CANCEL_TIMEOUT)
+        try:
+            active = client.runs.list(agent_id=agent.id, statuses=["created", "running"], limit=100)
+            run_ids = [
+                run.id
+                async for run in active
+                if run.agent_id == agent.id and run.conversation_id == conversation
+            ]
+            if run_ids:
+                await client.agents.messages.cancel(agent.id, run_ids=run_ids)
+            log.info("cancelled %d active run(s) of agent %s", len(run_ids), agent.id)
+        except UPSTREAM_ERRORS as exc:
+            log.warning("could not cancel the active runs of agent %s: %s", agent.id, exc.__class__.__name__)
+
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retries only a turn that never left: one whose connection to Letta could not be made."""
         attempt = 0

@@ -7,7 +7,7 @@ proxy or load balancer on the way closes the connection as idle.
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Self
 
@@ -48,15 +48,15 @@ class ChunkHeader:
         return frame(protocol.ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage))
 
 
-def local_frames(header: ChunkHeader, text: str, include_usage: bool) -> list[bytes]:
-    """An answer the proxy gives itself, framed as a stream: text, finish, usage, [DONE]."""
+async def local_frames(header: ChunkHeader, text: str, include_usage: bool) -> AsyncGenerator[bytes, None]:
+    """An answer the proxy gives itself, framed as a stream in one write: text, finish, usage, [DONE]."""
     frames = [
         header.chunk(protocol.Delta(role="assistant", content=text)),
         header.chunk(protocol.Delta(), "stop"),
     ]
     if include_usage:
         frames.append(header.usage(protocol.Usage(0, 0, 0)))
-    return [*frames, DONE]
+    yield b"".join([*frames, DONE])
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +160,7 @@ async def sse_frames(
     *,
     include_usage: bool,
     idle_seconds: float,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """Frames for one streamed turn; a client that leaves closes the Letta stream at once.
 
     The frames of events that are in together go out as one write, and so does the end of the stream.

@@ -1,8 +1,8 @@
 """End to end: clients that leave, or stop reading, never hold an agent, in front of the real Letta.
 
 A stream's client that stops reading only holds anything once the server's buffers are full (about
-3 MiB of kernel and Granian buffers on loopback). To get there within seconds, some agents here have a
-long name: the name is the `model` of every chunk, so each token's chunk is about 1 KiB.
+3 MiB of kernel buffers and a few MiB in Granian on loopback). To get there within a second, some
+agents here have a long name: the name is the `model` of every chunk, so each token's chunk is 3 KiB.
 """
 
 import json
@@ -24,8 +24,10 @@ from tests.proxy_process import ProxyProcess, running_proxy
 pytestmark = pytest.mark.slow
 ACTIVE = {"created", "running"}  # a whole turn's run stays "created" until it ends
 STALL_SECONDS = 3.0
-LONG_STREAM = " ".join(f"word{i}" for i in range(6000))  # echoed token by token: about 3 s, 7 MiB of chunks
-LONG_TURN = " ".join(f"word{i}" for i in range(120_000))  # a whole turn Letta works on for about 2 s
+LONG_STREAM = " ".join(f"word{i}" for i in range(20_000))  # echoed token by token: about 9 s of Letta's time
+# A whole turn of two steps (a conversation_search, then the answer) that Letta works on for about 2 s:
+# Letta checks for a cancellation between steps, and records the run's end over a cancellation mid-step.
+LONG_TURN = "/tool " + " ".join(f"word{i}" for i in range(120_000))
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +47,9 @@ def proxy(letta_url: str, api_key: str, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture
 def wide_agent(letta: Letta) -> Iterator[AgentState]:
-    """A fresh agent with a 1,000-character name, deleted afterwards."""
+    """A fresh agent with a 3,000-character name, deleted afterwards."""
     agent = letta.agents.create(
-        name=f"e2e-{uuid.uuid4().hex[:8]}-" + "w" * 1000,
+        name=f"e2e-{uuid.uuid4().hex[:8]}-" + "w" * 3000,
         model="openai-proxy/fake-model",
         embedding="openai/text-embedding-3-small",
     )
@@ -148,14 +150,15 @@ def test_a_client_that_stops_reading_is_dropped_after_the_stall_limit(
 
 
 def test_a_turn_whose_client_leaves_while_queued_never_reaches_letta(
-    proxy: ProxyProcess, api_key: str, letta: Letta, wide_agent: AgentState
+    proxy: ProxyProcess, api_key: str, letta: Letta, make_agent: Callable[[], AgentState]
 ) -> None:
     """A turn waiting behind a long one, given up by its client (an SDK's timeout), is not sent afterwards."""
+    agent = make_agent()
     ghost, after = f"ghost-{uuid.uuid4().hex[:8]}", f"after-{uuid.uuid4().hex[:8]}"
     headers = {"Authorization": f"Bearer {api_key}"}
 
     def long_turn() -> bytes:
-        body = _body(wide_agent, LONG_STREAM, True)
+        body = _body(agent, " ".join(f"word{i}" for i in range(6000)), True)  # about 3 s
         with httpx.stream(
             "POST", f"{proxy.url}/v1/chat/completions", json=body, headers=headers, timeout=60
         ) as r:
@@ -164,13 +167,14 @@ def test_a_turn_whose_client_leaves_while_queued_never_reaches_letta(
     with ThreadPoolExecutor(1) as pool:
         holder = pool.submit(long_turn)
         deadline = time.monotonic() + 10
-        while _statuses(letta, wide_agent) != ["running"] and time.monotonic() < deadline:
+        while _statuses(letta, agent) != ["running"] and time.monotonic() < deadline:
             time.sleep(0.05)
         with pytest.raises(httpx.ReadTimeout):
-            _turn(proxy, api_key, wide_agent, ghost, timeout=1)  # queued; the client gives up after 1 s
+            _turn(proxy, api_key, agent, ghost, timeout=1)  # queued; the client gives up after 1 s
+        assert not holder.done()  # the ghost was still queued when its client left
         assert holder.result(timeout=60).endswith(b"data: [DONE]\n\n")
-    assert _turn(proxy, api_key, wide_agent, after).status_code == 200
-    texts = user_texts(letta, wide_agent.id)
+    assert _turn(proxy, api_key, agent, after).status_code == 200
+    texts = user_texts(letta, agent.id)
     assert after in texts and ghost not in texts
 
 
@@ -180,6 +184,6 @@ def test_a_whole_turn_whose_client_leaves_gets_its_run_cancelled(
     """The proxy cancels the run Letta is working on, then frees the agent for the next turn."""
     agent = make_agent()
     with pytest.raises(httpx.ReadTimeout):
-        _turn(proxy, api_key, agent, LONG_TURN, timeout=0.7)
+        _turn(proxy, api_key, agent, LONG_TURN, timeout=0.5)
     assert _settled(letta, agent) == ["cancelled"]
     _served_at_once(proxy, api_key, agent)

@@ -94,10 +94,9 @@ class ClientWatch:
         return task.result()
 
 
-async def _until_gone(receive: Receive, scope: anyio.CancelScope) -> None:
+async def _until_gone(receive: Receive) -> None:
     while (await receive())["type"] != DISCONNECT:
         pass
-    scope.cancel()
 
 
 def _body(chunk: bytes, more: bool) -> Message:
@@ -115,18 +114,18 @@ async def deliver(
     connection once the client reads or leaves (Granian has no write deadline; until then it keeps the
     writes it has, a bounded few).
     """
+    listener = asyncio.ensure_future(_until_gone(receive))
     try:
-        async with anyio.create_task_group() as group:
-            group.start_soon(_until_gone, receive, group.cancel_scope)
+        with anyio.CancelScope() as client_there:
+            listener.add_done_callback(lambda _: client_there.cancel())
             async for chunk in frames:
                 with anyio.move_on_after(stall_seconds) as waiting:
                     await send(_body(chunk, True))
                 if waiting.cancelled_caught:
                     log.warning("a stream's client took no bytes for %g s: stream dropped", stall_seconds)
-                    break
-            else:
-                await send(_body(b"", False))
-            group.cancel_scope.cancel()
+                    return
+            await send(_body(b"", False))
     finally:
+        listener.cancel()
         with anyio.CancelScope(shield=True):
             await frames.aclose()

@@ -245,10 +245,10 @@ class Letta:
         """
         client = self._client.with_options(timeout=CANCEL_TIMEOUT)
         try:
-            active = client.runs.list(agent_id=agent.id, statuses=["created", "running"], limit=100)
-            run_ids = [
+            active = await client.runs.list(agent_id=agent.id, statuses=["created", "running"], limit=100)
+            run_ids = [  # one page: in the history the proxy holds, one run at most is active
                 run.id
-                async for run in active
+                for run in active.items
                 if run.agent_id == agent.id and run.conversation_id == conversation
             ]
             if run_ids:

@@ -59,25 +59,27 @@ async def counted(closed: list[str], items: int = 10**6) -> AsyncGenerator[bytes
 # --- ClientWatch ---------------------------------------------------------------------------------
 
 
+async def wait_in_queue(cleaned: list[bool]) -> None:
+    """Work that never ends of itself, and says when its clean-up ran."""
+    try:
+        await asyncio.Event().wait()
+    finally:
+        cleaned.append(True)
+
+
 def test_a_client_leaving_cancels_the_work_it_waits_for() -> None:
     """The waiting work is cancelled (its own clean-up runs) and the handler learns the client is gone."""
-    cleaned = []
-
-    async def wait_in_queue() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(True)
+    cleaned: list[bool] = []
 
     async def main() -> None:
         client = Client()
         async with ClientWatch(client.receive) as watch:
             asyncio.get_running_loop().call_later(0.05, client.left.set)
             with pytest.raises(ClientGone) as gone:
-                await watch.guard(wait_in_queue())
+                await watch.guard(wait_in_queue(cleaned))
             assert watch.gone and cleaned == [True]
             assert gone.value.status == 499 and not gone.value.retry_safe
-            second = wait_in_queue()
+            second = wait_in_queue(cleaned)
             with pytest.raises(ClientGone):  # later work is never started
                 await watch.guard(second)
             assert cleaned == [True]
@@ -121,18 +123,12 @@ def test_work_that_finishes_as_the_client_leaves_still_hands_back_its_result() -
 
 def test_the_handler_being_cancelled_cancels_the_work_too() -> None:
     """No work outlives the handler waiting for it."""
-    cleaned = []
-
-    async def work() -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            cleaned.append(True)
+    cleaned: list[bool] = []
 
     async def main() -> None:
         client = Client()
         async with ClientWatch(client.receive) as watch:
-            handler = asyncio.ensure_future(watch.guard(work()))
+            handler = asyncio.ensure_future(watch.guard(wait_in_queue(cleaned)))
             await asyncio.sleep(0.01)
             handler.cancel()
             with pytest.raises(asyncio.CancelledError):

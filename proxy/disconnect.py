@@ -37,6 +37,11 @@ Send = Callable[[Message], Awaitable[None]]
 DISCONNECT = "http.disconnect"
 
 
+async def _until_gone(receive: Receive) -> None:
+    while (await receive())["type"] != DISCONNECT:
+        pass
+
+
 class ClientGone(ProxyError):
     """The request's client left: answered (to nobody, for the access log) as nginx's 499."""
 
@@ -66,8 +71,7 @@ class ClientWatch:
             await asyncio.wait((self._listener,))
 
     async def _listen(self) -> None:
-        while (await self._receive())["type"] != DISCONNECT:
-            pass
+        await _until_gone(self._receive)
         self.gone = True
 
     async def guard(self, work: Coroutine[Any, Any, T]) -> T:
@@ -92,11 +96,6 @@ class ClientWatch:
         if task.cancelled():
             raise ClientGone
         return task.result()
-
-
-async def _until_gone(receive: Receive) -> None:
-    while (await receive())["type"] != DISCONNECT:
-        pass
 
 
 def _body(chunk: bytes, more: bool) -> Message:

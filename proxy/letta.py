@@ -36,6 +36,7 @@ READY_TIMEOUT = 5.0
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
 READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
+READ_BUFSIZE = 16 * 1024  # aiohttp's per-connection read buffer, the first bound of a stream's memory
 
 
 def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
@@ -44,8 +45,13 @@ def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreatePar
 
 
 def _unbounded_session() -> aiohttp.ClientSession:
-    """No cap on connections to Letta: a cap of 100 (the SDK's, and aiohttp's) made the 101st stream wait."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS))
+    """No cap on connections to Letta: a cap of 100 (the SDK's, and aiohttp's) made the 101st stream wait.
+
+    A small read buffer: aiohttp stops reading a stream nobody takes from only past a few of them, and
+    with its default (64 KiB) each stream whose client stopped reading held about 0.5 MiB here.
+    """
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+    return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE)
 
 
 def http_client() -> httpx.AsyncClient:
@@ -188,6 +194,27 @@ class Letta:
             log.info("cancelled run %s of agent %s", run_id, agent.id)
         except UPSTREAM_ERRORS as exc:
             log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
+
+    async def cancel_active(self, agent: Agent, conversation: str | None) -> None:
+        """Cancels the runs active in one history of the agent (its default one, or `conversation`).
+
+        For a turn whose client left before its run id was known: called while the proxy holds that
+        history's turn, when the only run active there is the leaving turn's. Letta's cancel without run
+        ids would also stop the runs of the agent's other conversations, so the runs are picked here.
+        """
+        client = self._client.with_options(timeout=CANCEL_TIMEOUT)
+        try:
+            active = await client.runs.list(agent_id=agent.id, statuses=["created", "running"], limit=100)
+            run_ids = [  # one page: in the history the proxy holds, one run at most is active
+                run.id
+                for run in active.items
+                if run.agent_id == agent.id and run.conversation_id == conversation
+            ]
+            if run_ids:
+                await client.agents.messages.cancel(agent.id, run_ids=run_ids)
+            log.info("cancelled %d active run(s) of agent %s", len(run_ids), agent.id)
+        except UPSTREAM_ERRORS as exc:
+            log.warning("could not cancel the active runs of agent %s: %s", agent.id, exc.__class__.__name__)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retries only a turn that never left: one whose connection to Letta could not be made."""

@@ -1,5 +1,8 @@
 """The HTTP handlers: parse, call, answer. Thin on purpose; the work is in serving, translate and stream."""
 
+from collections.abc import AsyncGenerator
+from typing import Any
+
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -8,9 +11,13 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
 
 from proxy import protocol
 from proxy.auth import identify, presented_key
+from proxy.disconnect import ClientWatch, deliver
 from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.observe import exposition
@@ -29,6 +36,32 @@ CHAT_RESPONSES = {
     ),
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _DeliveredStream(ASGIStreamingResponse):
+    """Litestar's streaming response, its body sent by `deliver` (frames closed on every way out)."""
+
+    __slots__ = ("stall_seconds",)
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], stall_seconds: float) -> None:
+        super().__init__(iterator=frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.stall_seconds = stall_seconds
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        await deliver(self.iterator, send, receive, self.stall_seconds)  # type: ignore[arg-type]
+
+
+class EventStream(Stream):
+    """An SSE answer: Litestar's `Stream` would leave its iterator unclosed when the client goes."""
+
+    __slots__ = ("stall_seconds",)
+
+    def __init__(self, frames: AsyncGenerator[bytes, None], stall_seconds: float) -> None:
+        super().__init__(frames, media_type="text/event-stream", headers=SSE_HEADERS)
+        self.stall_seconds = stall_seconds
+
+    def to_asgi_response(self, *_: Any, **__: Any) -> ASGIResponse:
+        return _DeliveredStream(self.iterator, self.stall_seconds)  # type: ignore[arg-type]
 
 
 async def require_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -64,11 +97,12 @@ async def chat_completions(
     request: Request, data: JSONBody[protocol.ChatCompletionRequest], chat: NamedDependency[Chat]
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
-    served = await chat.serve(request.state.client, data, request.headers)
+    async with ClientWatch(request.receive) as watch:
+        served = await chat.serve(request.state.client, data, request.headers, watch)
     request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
     if isinstance(served.answer, protocol.ChatCompletion):
         return Response(served.answer)
-    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
+    return EventStream(served.answer, chat.stall_seconds)
 
 
 @get("/health", summary="Liveness: the process is up", security=[{}])

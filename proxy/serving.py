@@ -7,11 +7,13 @@ the conversation a chat key pins, and comes back whole or streamed.
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from proxy import protocol
 from proxy.auth import Client
+from proxy.disconnect import ClientGone, ClientWatch
 from proxy.letta import Letta
 from proxy.routing import Routing
 from proxy.settings import Settings
@@ -30,7 +32,8 @@ HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
 CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
-Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
+T = TypeVar("T")
+Answer = protocol.ChatCompletion | AsyncGenerator[bytes, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +51,17 @@ class Chat:
         self._routing = routing
         self._turns = turns
         self._settings = settings
+        self.stall_seconds = settings.proxy_stall_seconds  # for the answer's sender
         self._limits = Limits(
             settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
         )
 
     async def serve(
-        self, client: Client, request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
+        self,
+        client: Client,
+        request: protocol.ChatCompletionRequest,
+        headers: Mapping[str, str],
+        watch: ClientWatch,
     ) -> Served:
         header = ChunkHeader(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model or LOCAL_MODEL)
         include_usage = request.stream_options is not None and request.stream_options.include_usage
@@ -64,7 +72,7 @@ class Chat:
             agent = await self._routing.resolve(client, request.model, request.user)  # key, Letta, agent
             header = ChunkHeader(header.id, header.created, agent.name)
             return Served(_local("", header, request.stream, include_usage), agent.name)
-        return await self._turn(client, request, headers, header, include_usage)
+        return await self._turn(client, request, headers, header, include_usage, watch)
 
     async def _turn(
         self,
@@ -73,28 +81,52 @@ class Chat:
         headers: Mapping[str, str],
         header: ChunkHeader,
         include_usage: bool,
+        watch: ClientWatch,
     ) -> Served:
-        """A real turn: one at a time per agent (or per pinned conversation)."""
+        """A real turn: one at a time per agent (or per pinned conversation).
+
+        A client that leaves while the turn waits in the queue never reaches Letta; one that leaves while
+        Letta works on a whole turn, or before its stream has started, gets the run cancelled before the
+        agent is free for the next turn. A started stream ends its turn itself, however it ends.
+        """
         messages = letta_messages(request, self._limits)
         agent = await self._routing.resolve(client, request.model, request.user)
         header = ChunkHeader(header.id, header.created, agent.name)
         translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
         chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
-        release = await self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
+        release = await watch.guard(
+            self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
+        )
+        conversation: str | None = None
+        sent = streaming = False
+
+        def end_stream() -> None:
+            if streaming:  # a stream that failed to open is ended below, once its run is cancelled
+                release()
+
         try:
-            conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None
+            conversation = (
+                await watch.guard(self._routing.conversation(client, agent, chat_key)) if chat_key else None
+            )
+            sent = True
             if not request.stream and conversation is None:
-                try:
-                    turn = await self._letta.send(agent, messages)
-                finally:
-                    release()
+                turn = await watch.guard(self._letta.send(agent, messages))
+                release()
                 return Served(completion(turn.events(), translator, *_fields(header)), agent.name, translator)
-            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
+            events = await watch.guard(
+                self._letta.stream(agent, messages, on_close=end_stream, conversation=conversation)
+            )
+            streaming = True
+        except ClientGone:
+            if sent:  # the turn may have reached Letta: its run, if any, must not outlive the client
+                await self._letta.cancel_active(agent, conversation)
+            release()
+            raise
         except BaseException:
             release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
             raise
         if not request.stream:  # a conversation's turn, which Letta only streams: gathered whole
-            gathered = [event async for event in events]
+            gathered = await watch.guard(_gather(events))
             return Served(completion(gathered, translator, *_fields(header)), agent.name, translator)
         frames = sse_frames(
             events,
@@ -104,6 +136,10 @@ class Chat:
             idle_seconds=self._settings.proxy_keepalive_seconds,
         )
         return Served(frames, agent.name, translator)
+
+
+async def _gather(events: AsyncIterator[T]) -> list[T]:
+    return [event async for event in events]
 
 
 def _fields(header: ChunkHeader) -> tuple[str, int, str]:

@@ -105,6 +105,12 @@ class Settings(BaseSettings):
     proxy_keepalive_seconds: float = Field(
         15.0, gt=0, description="Idle seconds after which a stream gets an SSE comment, so no one cuts it."
     )
+    proxy_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A stream whose client takes no bytes for this long is dropped: its run cancelled, "
+        "its agent freed for the next turn.",
+    )
     proxy_shutdown_grace_seconds: int = Field(
         30, ge=0, description="On SIGTERM, how long open requests may take to finish before they are cut."
     )

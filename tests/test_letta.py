@@ -303,3 +303,34 @@ def test_an_other_conflict_stays_letta_s_502() -> None:
     """Only Letta's busy and pending-approval conflicts are told apart; a unique-name clash is not busy."""
     error = map_failure(status_error(409, {"detail": "CONFLICT: name taken"}), sent=True, secret=None)
     assert (error.status, error.code) == (502, "upstream_error")
+
+
+def _run(run_id: str, agent_id: str = AGENT["id"], conversation: str | None = None) -> dict[str, Any]:
+    return {"id": run_id, "agent_id": agent_id, "conversation_id": conversation, "status": "running"}
+
+
+@pytest.mark.parametrize(("conversation", "cancelled"), [(None, ["run-default"]), ("conv-1", ["run-conv-1"])])
+def test_cancelling_the_active_run_of_one_history_leaves_the_others(
+    tmp_path: Path, letta: respx.MockRouter, conversation: str | None, cancelled: list[str]
+) -> None:
+    """For a turn whose run id is unknown: only the active runs of its own history are cancelled."""
+    active = [_run("run-default"), _run("run-conv-1", conversation="conv-1"), _run("run-other", "agent-x")]
+    listed = letta.get("/v1/runs/").mock(return_value=httpx.Response(200, json=active))
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    run(tmp_path, lambda client: client.cancel_active(BOT, conversation))
+    params = listed.calls[0].request.url.params
+    assert params["agent_id"] == AGENT["id"] and params.get_list("statuses") == ["created", "running"]
+    assert json.loads(cancel.calls.last.request.content) == {"run_ids": cancelled}
+
+
+def test_no_active_run_means_no_cancel_and_a_failing_letta_raises_nothing(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """A run that already ended is left alone; a cancel that fails is logged, never raised to the caller."""
+    letta.get("/v1/runs/").mock(side_effect=[httpx.Response(200, json=[]), httpx.Response(500, json={})])
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel")
+    run(tmp_path, lambda client: client.cancel_active(BOT, None))
+    run(tmp_path, lambda client: client.cancel_active(BOT, None))
+    assert not cancel.called

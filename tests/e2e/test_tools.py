@@ -226,3 +226,33 @@ def _plain_turn(client: openai.OpenAI, model: str, text: str, stream: bool) -> s
     )
     assert (finish, calls) == ("stop", [])
     return content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["sync", "stream"])
+def test_a_conversation_left_waiting_takes_the_next_turn(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState], stream: bool
+):
+    """Waits are per conversation: one pinned by a chat key is unblocked the same way, and its tool loop
+    works as in the agent's default history."""
+    agent = make_agent()
+    chat = {"X-Letta-Chat-Key": f"chat-{uuid.uuid4().hex[:8]}"}
+    messages: list[Any] = [{"role": "user", "content": _call("Cusco")}]
+    first = client.chat.completions.create(
+        model=agent.name, messages=messages, tools=[WEATHER], extra_headers=chat
+    )
+    (call,) = first.choices[0].message.tool_calls or []
+    messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "thin air"}]
+    done = client.chat.completions.create(
+        model=agent.name, messages=messages, tools=[WEATHER], extra_headers=chat
+    )
+    assert "thin air" in (done.choices[0].message.content or "")
+
+    client.chat.completions.create(
+        model=agent.name,
+        messages=[{"role": "user", "content": _call("Tromso")}],
+        tools=[WEATHER],
+        extra_headers=chat,
+    )
+    text = f"forget it {uuid.uuid4().hex[:8]}"
+    answer = client.with_options(default_headers=chat)
+    assert _plain_turn(answer, agent.name, text, stream) == f"Echo: {text}"

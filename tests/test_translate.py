@@ -173,10 +173,9 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
 
 
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
-    """The agent's tool call is an OpenAI tool call; the tool's result is not shown."""
-    message = (
-        completion(turn("send_message_tool_call.json"), TurnTranslator("openai"), "c", 0, "bot").choices[0].message
-    )
+    """In `openai` mode the agent's tool call is an OpenAI tool call; the tool's result is not shown."""
+    translator = TurnTranslator("openai")
+    message = completion(turn("send_message_tool_call.json"), translator, "c", 0, "bot").choices[0].message
     assert message.content == "Echo: /tool proxy"
     assert message.tool_calls == [
         protocol.ToolCall(

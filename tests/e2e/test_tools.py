@@ -17,18 +17,10 @@ from letta_client import Letta
 from letta_client.types import AgentState
 from openai.types.chat import ChatCompletionChunk
 
+from tests.e2e.conftest import WEATHER
 from tests.e2e.letta_history import user_texts
 
 pytestmark = pytest.mark.slow
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def _call(city: str) -> str:

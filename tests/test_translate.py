@@ -465,3 +465,15 @@ def test_usage_is_summed_over_the_letta_requests_of_one_answer() -> None:
     translator.feed(event(usage))
     translator.feed(event(usage, prompt_tokens=10, completion_tokens=1, total_tokens=11))
     assert translator.usage == protocol.Usage(781, 8, 789)
+
+
+def test_one_message_with_a_client_call_and_an_own_call_keeps_both() -> None:
+    """Letta may put both in one approval request: the client's is a tool call, the agent's is told."""
+    whole = first(APPROVAL_STREAM, "approval_request_message")
+    own = {"name": "conversation_search", "arguments": "{}", "tool_call_id": "call_own"}
+    mine = {"name": "get_weather", "arguments": "{}", "tool_call_id": "call_mine"}
+    out = merge(
+        deltas(TurnTranslator(client_tools=WEATHER), [event(whole, tool_call=None, tool_calls=[mine, own])])
+    )
+    assert [call.id for call in out.tool_calls or []] == ["call_mine"]
+    assert out.reasoning_content == "Tool call conversation_search: {}"

@@ -17,12 +17,20 @@ import letta_client
 from httpx_aiohttp import AiohttpTransport
 from letta_client import AsyncLetta
 from letta_client._constants import RAW_RESPONSE_HEADER
-from letta_client.types import MessageCreateParam
+from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError, upstream_failure
 from proxy.letta_agents import Agent, AgentDirectory
 from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
-from proxy.letta_wire import AgentRecord, LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
+from proxy.letta_wire import (
+    AgentRecord,
+    LettaMessage,
+    LettaTurn,
+    SSEDecoder,
+    decode_agents,
+    decode_messages,
+    decode_turn,
+)
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -39,9 +47,17 @@ READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves t
 READ_BUFSIZE = 16 * 1024  # aiohttp's per-connection read buffer, the first bound of a stream's memory
 
 
-def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
+def _with_otids(messages: Iterable[Message]) -> list[Message]:
     """Gives each message an offline id, the same on every retry, so Letta can tell a duplicate."""
-    return [{**message, "otid": str(uuid.uuid4())} for message in messages]
+    return [cast(Message, {**message, "otid": str(uuid.uuid4())}) for message in messages]
+
+
+def _turn_body(messages: Iterable[Message], client_tools: list[ClientTool]) -> dict[str, Any]:
+    """A turn's request body; client tools only when the client offers some."""
+    body: dict[str, Any] = {"messages": _with_otids(messages)}
+    if client_tools:
+        body["client_tools"] = client_tools
+    return body
 
 
 def _unbounded_session() -> aiohttp.ClientSession:
@@ -131,9 +147,11 @@ class Letta:
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
 
-    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
+    async def send(
+        self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None
+    ) -> LettaTurn:
         """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
-        body = {"messages": _with_otids(messages)}
+        body = _turn_body(messages, client_tools or [])
         path = f"/v1/agents/{agent.id}/messages"
         async with self._within(asyncio.get_running_loop().time() + self._turn_seconds):
             answer = await self._retrying(lambda: self._post_whole(path, body))
@@ -176,6 +194,19 @@ class Letta:
             else:
                 message = f"The Letta server sent nothing for {self._gap:g} s."
             raise timed_out(message) from exc
+
+    async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
+        """The newest message of the agent's default history, or of a conversation: an approval request
+        there means the agent waits on tool calls."""
+        path = f"/v1/conversations/{conversation or 'default'}/messages"
+        params: dict[str, object] = {"limit": 1, "order": "desc"}
+        if conversation is None:
+            params["agent_id"] = agent.id
+        options = {"params": params, "headers": READ_WHOLE}
+        response = await self._call(
+            lambda: self._client.get(path, cast_to=httpx.Response, options=options), sent=False
+        )
+        return next(iter(decode_messages(await self._body(response, sent=False))), None)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""
@@ -256,23 +287,30 @@ class Letta:
     async def stream(
         self,
         agent: Agent,
-        messages: Iterable[MessageCreateParam],
+        messages: Iterable[Message],
         on_close: Callable[[], None],
         conversation: str | None = None,
+        client_tools: list[ClientTool] | None = None,
     ) -> AsyncGenerator[LettaMessage, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
         error, not an error inside a 200 stream. `on_close` runs once the stream is over, however it ends.
         """
-        events = self._events(agent, messages, on_close, conversation)
+        body = {
+            **_turn_body(messages, client_tools or []),
+            "streaming": True,
+            "stream_tokens": True,
+            "include_pings": True,
+        }
+        events = self._events(agent, body, on_close, conversation)
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
         return cast(AsyncGenerator[LettaMessage, None], events)  # its one None has just been read
 
     async def _events(
         self,
         agent: Agent,
-        messages: Iterable[MessageCreateParam],
+        body: dict[str, Any],
         on_close: Callable[[], None],
         conversation: str | None,
     ) -> AsyncGenerator[LettaMessage | None, None]:
@@ -284,12 +322,6 @@ class Letta:
         """
         turn_end = asyncio.get_running_loop().time() + self._turn_seconds
         try:
-            body = {
-                "messages": _with_otids(messages),
-                "streaming": True,
-                "stream_tokens": True,
-                "include_pings": True,
-            }
             path = (
                 f"/v1/conversations/{conversation}/messages"
                 if conversation

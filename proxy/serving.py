@@ -11,14 +11,19 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from letta_client.types.agents.message_create_params import ClientTool
+
 from proxy import protocol
+from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
 from proxy.disconnect import ClientGone, ClientWatch
-from proxy.letta import Letta
+from proxy.errors import bad_request
+from proxy.letta import Agent, Letta
 from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
+from proxy.tools import CLIENT_TOOL_AGENT_TYPES, chat_functions, chat_tool_results, client_tools
 from proxy.translate import (
     Limits,
     TurnTranslator,
@@ -52,6 +57,7 @@ class Chat:
         self._turns = turns
         self._settings = settings
         self.stall_seconds = settings.proxy_stall_seconds  # for the answer's sender
+        self._approvals = Approvals(letta, settings.proxy_tool_approvals)
         self._limits = Limits(
             settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
         )
@@ -89,10 +95,19 @@ class Chat:
         Letta works on a whole turn, or before its stream has started, gets the run cancelled before the
         agent is free for the next turn. A started stream ends its turn itself, however it ends.
         """
-        messages = letta_messages(request, self._limits)
+        forward = self._settings.proxy_client_tools == "forward"
+        offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
+        results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
+        messages = letta_messages(request, self._limits, results_given=bool(results))
         agent = await self._routing.resolve(client, request.model, request.user)
+        offered = self._usable(agent, offered)
         header = ChunkHeader(header.id, header.created, agent.name)
-        translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
+        translator = TurnTranslator(
+            self._settings.proxy_tool_calls,
+            self._settings.proxy_reasoning,
+            frozenset(tool["name"] for tool in offered),
+            self._settings.proxy_tool_approvals,
+        )
         chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
         release = await watch.guard(
             self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
@@ -108,14 +123,13 @@ class Chat:
             conversation = (
                 await watch.guard(self._routing.conversation(client, agent, chat_key)) if chat_key else None
             )
+            turn = TurnInput(agent, list(messages), results, offered, conversation)
             sent = True
             if not request.stream and conversation is None:
-                turn = await watch.guard(self._letta.send(agent, messages))
+                whole = await watch.guard(self._approvals.send(turn))
                 release()
-                return Served(completion(turn.events(), translator, *_fields(header)), agent.name, translator)
-            events = await watch.guard(
-                self._letta.stream(agent, messages, on_close=end_stream, conversation=conversation)
-            )
+                return Served(completion(whole, translator, *_fields(header)), agent.name, translator)
+            events = await watch.guard(self._approvals.stream(turn, on_close=end_stream))
             streaming = True
         except ClientGone:
             if sent:  # the turn may have reached Letta: its run, if any, must not outlive the client
@@ -136,6 +150,18 @@ class Chat:
             idle_seconds=self._settings.proxy_keepalive_seconds,
         )
         return Served(frames, agent.name, translator)
+
+    def _usable(self, agent: Agent, offered: list[ClientTool]) -> list[ClientTool]:
+        """Client tools for agent types that can call them; for others, none, or a 400 if so configured."""
+        if not offered or agent.type is None or agent.type in CLIENT_TOOL_AGENT_TYPES:
+            return offered
+        if self._settings.proxy_client_tools_unsupported == "reject":
+            raise bad_request(
+                f"The agent '{agent.name}' ({agent.type}) cannot call client tools: send no tools.",
+                param="tools",
+                code="tools_unsupported",
+            )
+        return []
 
 
 async def _gather(events: AsyncIterator[T]) -> list[T]:

@@ -108,6 +108,19 @@ class Letta:
             await asyncio.wait(self._background, timeout=CANCEL_TIMEOUT)
         await self._client.close()
 
+    def announce(self) -> None:
+        """Says, once Letta has answered or failed to at start-up, whether it answers: in the background,
+        so that a Letta that hangs never delays serving; /ready tells the rest."""
+        self._in_background(self._announce())
+
+    async def _announce(self) -> None:
+        try:
+            health = await self._client.with_options(timeout=READY_TIMEOUT).health()
+            log.info("Letta at %s answered (version %s)", self._client.base_url, health.version)
+        except UPSTREAM_ERRORS as exc:
+            error = map_failure(exc, sent=False, secret=self._secret)
+            log.warning("Letta at %s does not answer yet: %s", self._client.base_url, error.message)
+
     async def ready(self) -> bool:
         """Whether Letta answers its health check; remembered briefly, and asked once however many
         probes come meanwhile, so that probes cannot flood a failing Letta."""

@@ -152,6 +152,14 @@ class Settings(BaseSettings):
         "text", description="text: readable lines; json: one JSON object per line, for log collectors."
     )
 
+    @field_validator(
+        "letta_api_key", "letta_project", "proxy_default_agent", "proxy_redis_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`LETTA_API_KEY=` (a line left blank in .env) means no key, not an empty one."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("proxy_api_keys", "proxy_agents", "proxy_cors_origins", mode="before")
     @classmethod
     def _lists(cls, value: object) -> object:

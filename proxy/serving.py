@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from proxy import protocol
 from proxy.auth import Client
 from proxy.letta import Letta
-from proxy.routing import Routing
+from proxy.routing import Routing, with_speaker
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
@@ -27,7 +27,6 @@ from proxy.translate import (
 from proxy.turns import TurnQueue
 
 HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
-CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
@@ -75,11 +74,11 @@ class Chat:
         include_usage: bool,
     ) -> Served:
         """A real turn: one at a time per agent (or per pinned conversation)."""
-        messages = letta_messages(request, self._limits)
+        messages = letta_messages(with_speaker(request, headers), self._limits)
         agent = await self._routing.resolve(client, request.model, request.user)
         header = ChunkHeader(header.id, header.created, agent.name)
         translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
-        chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
+        chat_key = await self._routing.chat_key(headers, request.messages)
         release = await self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
         try:
             conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None

@@ -1,0 +1,131 @@
+"""Open WebUI for the browser suite: installed, pinned, in a venv of its own, and run as a real process.
+
+`uv run python -m tests.e2e.openwebui.openwebui` installs it (CI does, in .ci/run): Debian's Chromium,
+then a venv outside the project with the CPU build of torch first (else Open WebUI's dependencies pull a
+multi-GB CUDA one) and Open WebUI itself. Run again, it only checks. The suite then starts Open WebUI
+offline, with no login, its data in a temporary directory, and the proxy as its one OpenAI connection.
+"""
+
+import os
+import re
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from tests.proxy_process import free_port
+
+VERSION = "0.12.4"  # its task prompts are tests/fixtures/openwebui/v0.12.4.json; its page, the selectors here
+TORCH = "2.13.0"
+HOME = Path(os.environ.get("OPENWEBUI_HOME") or Path(tempfile.gettempdir()) / "letta-proxy-openwebui")
+VENV = HOME / "venv"
+CHROMIUM = Path("/usr/lib/chromium/chromium")  # Debian's browser itself, not its /usr/bin wrapper script
+START_TIMEOUT = 300.0  # a first start migrates its database: about a minute on two busy cores
+
+_DIST = re.compile(r"^open_webui-(.+)\.dist-info$")
+
+
+def installed_version() -> str | None:
+    """The Open WebUI version in the suite's venv, or None when it has none."""
+    for site in VENV.glob("lib/python3*/site-packages"):
+        for entry in site.iterdir():
+            if match := _DIST.match(entry.name):
+                return match[1]
+    return None
+
+
+def missing() -> str | None:
+    """Why the suite cannot run here, or None when it can."""
+    if (version := installed_version()) != VERSION:
+        found = f"Open WebUI {version}" if version else "no Open WebUI"
+        return f"{found} in {VENV}, {VERSION} is needed: run `uv run python -m tests.e2e.openwebui.openwebui`"
+    if not CHROMIUM.exists():
+        return f"no Chromium at {CHROMIUM}: `apt-get install chromium` (Debian)"
+    return None
+
+
+def install() -> None:
+    """Everything the suite needs, from nothing; quick when it is all there."""
+    if not CHROMIUM.exists():
+        _run(["apt-get", "update", "-qq"])
+        _run(["apt-get", "install", "-y", "-qq", "chromium"], DEBIAN_FRONTEND="noninteractive")
+    if installed_version() != VERSION:
+        HOME.mkdir(parents=True, exist_ok=True)
+        _run([sys.executable, "-m", "venv", "--clear", str(VENV)])
+        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
+        _run([*pip, f"torch=={TORCH}"])
+        _run([*pip, f"open-webui=={VERSION}"])
+    print(f"Open WebUI {installed_version()} in {VENV}; Chromium at {CHROMIUM}")
+
+
+@contextmanager
+def running_openwebui(data: Path, openai_url: str, api_key: str) -> Iterator[str]:
+    """Open WebUI on a free loopback port, with `openai_url` as its connection; its base URL."""
+    port = free_port()
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "DATA_DIR": str(data),
+        "WEBUI_AUTH": "False",  # one user, an admin, signed in by the page itself
+        "WEBUI_SECRET_KEY": secrets.token_hex(16),
+        "OPENAI_API_BASE_URL": openai_url,
+        "OPENAI_API_KEY": api_key,
+        "ENABLE_OLLAMA_API": "false",
+        "ENABLE_FORWARD_USER_INFO_HEADERS": "true",  # X-OpenWebUI-Chat-Id and -User-Name to the proxy
+        "OFFLINE_MODE": "true",
+        "HF_HUB_OFFLINE": "1",
+        "RAG_EMBEDDING_ENGINE": "openai",  # no local embedding model to load (none can be downloaded)
+        "ENABLE_VERSION_UPDATE_CHECK": "false",
+        "ANONYMIZED_TELEMETRY": "false",
+        "DO_NOT_TRACK": "true",
+        "SCARF_NO_ANALYTICS": "true",
+    }
+    log_path = data.parent / f"openwebui-{port}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(VENV / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=data,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_until_healthy(url, process, log_path)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=5)
+
+
+def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Open WebUI exited with {process.returncode}; its log: {log_path}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1.0)
+    raise RuntimeError(f"Open WebUI did not answer in {START_TIMEOUT:.0f} s; its log: {log_path}")
+
+
+def _run(command: list[str], **env: str) -> None:
+    print("+", " ".join(command), flush=True)
+    subprocess.run(command, check=True, env={**os.environ, **env})
+
+
+if __name__ == "__main__":
+    install()

@@ -29,6 +29,7 @@ CHROMIUM = Path("/usr/lib/chromium/chromium")  # Debian's browser itself, not it
 START_TIMEOUT = 300.0  # a first start migrates its database: about a minute on two busy cores
 
 _DIST = re.compile(r"^open_webui-(.+)\.dist-info$")
+_IGNORED_INDEX = re.compile(r"^WARNING: Location '.*' is ignored")
 
 
 def installed_version() -> str | None:
@@ -123,8 +124,17 @@ def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Pa
 
 
 def _run(command: list[str], **env: str) -> None:
+    """Runs a step, its output shown less pip's notes on this machine's unusable local index pages."""
     print("+", " ".join(command), flush=True)
-    subprocess.run(command, check=True, env={**os.environ, **env})
+    with subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as step:
+        assert step.stdout is not None
+        for line in step.stdout:
+            if not _IGNORED_INDEX.match(line):
+                print(line, end="", flush=True)
+    if step.returncode:
+        raise subprocess.CalledProcessError(step.returncode, command)
 
 
 if __name__ == "__main__":

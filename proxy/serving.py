@@ -10,13 +10,18 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
+from letta_client.types.agents.message_create_params import ClientTool
+
 from proxy import protocol
+from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
-from proxy.letta import Letta
+from proxy.errors import bad_request
+from proxy.letta import Agent, Letta
 from proxy.routing import Routing, with_speaker
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
+from proxy.tools import CLIENT_TOOL_AGENT_TYPES, chat_functions, chat_tool_results, client_tools
 from proxy.translate import (
     Limits,
     TurnTranslator,
@@ -47,6 +52,7 @@ class Chat:
         self._routing = routing
         self._turns = turns
         self._settings = settings
+        self._approvals = Approvals(letta, settings.proxy_tool_approvals)
         self._limits = Limits(
             settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
         )
@@ -74,21 +80,31 @@ class Chat:
         include_usage: bool,
     ) -> Served:
         """A real turn: one at a time per agent (or per pinned conversation)."""
-        messages = letta_messages(with_speaker(request, headers), self._limits)
+        forward = self._settings.proxy_client_tools == "forward"
+        offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
+        results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
+        messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
         agent = await self._routing.resolve(client, request.model, request.user)
+        offered = self._usable(agent, offered)
         header = ChunkHeader(header.id, header.created, agent.name)
-        translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
+        translator = TurnTranslator(
+            self._settings.proxy_tool_calls,
+            self._settings.proxy_reasoning,
+            frozenset(tool["name"] for tool in offered),
+            self._settings.proxy_tool_approvals,
+        )
         chat_key = await self._routing.chat_key(headers, request.messages)
         release = await self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
         try:
             conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None
+            turn = TurnInput(agent, list(messages), results, offered, conversation)
             if not request.stream and conversation is None:
                 try:
-                    turn = await self._letta.send(agent, messages)
+                    whole = await self._approvals.send(turn)
                 finally:
                     release()
-                return Served(completion(turn.events(), translator, *_fields(header)), agent.name, translator)
-            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
+                return Served(completion(whole, translator, *_fields(header)), agent.name, translator)
+            events = await self._approvals.stream(turn, on_close=release)
         except BaseException:
             release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
             raise
@@ -103,6 +119,18 @@ class Chat:
             idle_seconds=self._settings.proxy_keepalive_seconds,
         )
         return Served(frames, agent.name, translator)
+
+    def _usable(self, agent: Agent, offered: list[ClientTool]) -> list[ClientTool]:
+        """Client tools for agent types that can call them; for others, none, or a 400 if so configured."""
+        if not offered or agent.type is None or agent.type in CLIENT_TOOL_AGENT_TYPES:
+            return offered
+        if self._settings.proxy_client_tools_unsupported == "reject":
+            raise bad_request(
+                f"The agent '{agent.name}' ({agent.type}) cannot call client tools: send no tools.",
+                param="tools",
+                code="tools_unsupported",
+            )
+        return []
 
 
 def _fields(header: ChunkHeader) -> tuple[str, int, str]:

@@ -9,13 +9,17 @@ from pathlib import Path
 
 import pytest
 from letta_client.types import AgentState
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from tests.e2e.conftest import API_KEY, REQUIRED
 from tests.e2e.openwebui.openwebui import CHROMIUM, missing, running_openwebui
 from tests.proxy_process import running_proxy
 
 SHOTS = pytest.StashKey[Path]()
+FAILED = pytest.StashKey[bool]()
+WAIT_MS = 60_000  # for an element or an answer: two busy cores run Letta, the proxy, Open WebUI and Chromium
+
+expect.set_options(timeout=WAIT_MS)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +80,7 @@ def browser(openwebui_installed: None) -> Iterator[Browser]:
 def page(browser: Browser, openwebui: str) -> Iterator[Page]:
     """One tab on Open WebUI, signed in (no login), the release notes of a first visit closed."""
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.set_default_timeout(60_000)
+    page.set_default_timeout(WAIT_MS)
     page.goto(openwebui, wait_until="load")
     notes = page.get_by_role("button", name="Okay, Let's Go!")
     notes.or_(page.locator("#model-selector-model-button")).first.wait_for()
@@ -97,3 +101,20 @@ def shots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
     if (directory := config.stash.get(SHOTS, None)) is not None:
         terminalreporter.write_line(f"Open WebUI screenshots: {directory}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.stash[FAILED] = True
+    return report
+
+
+@pytest.fixture(autouse=True)
+def shot_on_failure(request: pytest.FixtureRequest, shots: Path) -> Iterator[None]:
+    """A failed test leaves a screenshot of the page as it was, beside the steps' own."""
+    yield
+    if request.node.stash.get(FAILED, False) and "page" in request.fixturenames:
+        page: Page = request.getfixturevalue("page")
+        page.screenshot(path=shots / f"failed-{request.node.name}.png")

@@ -24,6 +24,8 @@ from tests.e2e.openwebui.openwebui import VERSION
 
 RUN = uuid.uuid4().hex[:6]
 FIRST, SECOND, THIRD = f"hello {RUN} one", f"and {RUN} two", f"another chat {RUN}"
+TOOL = "get_current_timestamp"  # one of Open WebUI's built-in tools, which it offers with every turn
+TOOL_TURN = f"/call {TOOL} {{}}"  # the fake LLM behind Letta calls the tool named so
 OPENWEBUI_USER = "User"  # the name of the one user Open WebUI has without a login
 MODEL_BUTTON = "#model-selector-model-button"
 TASKS_TIMEOUT = 120.0
@@ -139,6 +141,24 @@ def test_a_new_chat_is_a_new_letta_conversation(
     assert second == [(THIRD, OPENWEBUI_USER)]
 
 
+def test_a_turn_using_an_open_webui_tool_shows_the_answer(
+    page: Page, agent: AgentState, letta: Letta, shots: Path
+) -> None:
+    """Open WebUI offers its built-in tools; the agent calls one, Open WebUI runs it and sends the result,
+    and the agent's answer quoting that result shows, with no error under it."""
+    page.get_by_label("New Chat", exact=True).filter(visible=True).first.click()
+    page.locator("#chat-input").click()
+    page.keyboard.type(TOOL_TURN)
+    page.keyboard.press("Enter")
+    answer = page.get_by_text(
+        re.compile(rf"^Echo: {re.escape(TOOL_TURN)} \| {TOOL} returned: .*current_timestamp")
+    )
+    expect(answer).to_be_visible()
+    shoot(page, shots, "tool-answer", f"{TOOL} returned")
+    expect(page.get_by_text(re.compile("error", re.I))).to_have_count(0)
+    assert conversations(letta, agent)[-1] == [(TOOL_TURN, OPENWEBUI_USER)]
+
+
 def settled_chats(openwebui: str, token: str) -> list[dict[str, Any]]:
     """Open WebUI's chats once their background tasks (title, tags, follow-ups) have all come back."""
     api = httpx.Client(base_url=openwebui, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
@@ -159,9 +179,10 @@ def test_no_background_task_reaches_letta(
     follow-ups its empty list); Letta holds exactly the three messages typed. A task prompt in a history
     means the proxy's detection missed one of this Open WebUI's prompts: the failure names the task."""
     chats = settled_chats(openwebui, page.evaluate("localStorage.token"))
-    texts = [no_task_prompts(agent, user_texts(letta, agent.id)) for agent in agents]
-    assert sorted(texts) == [[], [FIRST, SECOND, THIRD]]  # all the agents' messages, conversations included
-    assert sorted(chat["title"] for chat in chats) == sorted([FIRST, THIRD])  # the proxy's titles
+    typed = [FIRST, SECOND, THIRD, TOOL_TURN]
+    texts = [sorted(no_task_prompts(agent, user_texts(letta, agent.id))) for agent in agents]
+    assert sorted(texts) == [[], sorted(typed)]  # all the agents' messages, conversations included
+    assert sorted(chat["title"] for chat in chats) == sorted([FIRST, THIRD, TOOL_TURN])  # the proxy's titles
     for chat in chats:
         history = chat["chat"]["history"]
         assert history["messages"][history["currentId"]].get("followUps") == []

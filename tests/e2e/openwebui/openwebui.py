@@ -2,8 +2,9 @@
 
 `uv run python -m tests.e2e.openwebui.openwebui` installs it (CI does, in .ci/run): Debian's Chromium,
 then a venv outside the project with the CPU build of torch first (else Open WebUI's dependencies pull a
-multi-GB CUDA one) and Open WebUI itself. Run again, it only checks. The suite then starts Open WebUI
-offline, with no login, its data in a temporary directory, and the proxy as its one OpenAI connection.
+multi-GB CUDA one) and Open WebUI itself, by uv (pip takes minutes longer). Run again, it only checks.
+The suite then starts Open WebUI offline, with no login, its data in a temporary directory, and the proxy
+as its one OpenAI connection.
 """
 
 import os
@@ -12,14 +13,11 @@ import secrets
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from tests.proxy_process import free_port
+from tests.proxy_process import ProxyProcess, free_port, wait_until_healthy
 
 VERSION = "0.12.4"  # its task prompts are tests/fixtures/openwebui/v0.12.4.json; its page, the selectors here
 TORCH = "2.13.0"
@@ -59,9 +57,9 @@ def install() -> None:
     if installed_version() != VERSION:
         HOME.mkdir(parents=True, exist_ok=True)
         _run([sys.executable, "-m", "venv", "--clear", str(VENV)])
-        pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "-q"]
-        _run([*pip, f"torch=={TORCH}"])
-        _run([*pip, f"open-webui=={VERSION}"])
+        python = str(VENV / "bin" / "python")
+        _run([python, "-m", "pip", "install", "-q", f"torch=={TORCH}"])  # pip: it finds the local CPU wheel
+        _run(["uv", "pip", "install", "-q", "--python", python, f"open-webui=={VERSION}"])  # ~20 s, pip ~8 min
     print(f"Open WebUI {installed_version()} in {VENV}; Chromium at {CHROMIUM}")
 
 
@@ -96,31 +94,12 @@ def running_openwebui(data: Path, openai_url: str, api_key: str) -> Iterator[str
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        url = f"http://127.0.0.1:{port}"
+        server = ProxyProcess(f"http://127.0.0.1:{port}", process, log_path)
         try:
-            _wait_until_healthy(url, process, log_path)
-            yield url
+            wait_until_healthy(server, "Open WebUI", START_TIMEOUT)
+            yield server.url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=5)
-
-
-def _wait_until_healthy(url: str, process: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"Open WebUI exited with {process.returncode}; its log: {log_path}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1.0)
-    raise RuntimeError(f"Open WebUI did not answer in {START_TIMEOUT:.0f} s; its log: {log_path}")
+            server.stop(timeout=20)
 
 
 def _run(command: list[str], **env: str) -> None:

@@ -99,7 +99,7 @@ def shots(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
-    if (directory := config.stash.get(SHOTS, None)) is not None:
+    if (directory := config.stash.get(SHOTS, None)) is not None and any(directory.iterdir()):
         terminalreporter.write_line(f"Open WebUI screenshots: {directory}")
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.approvals import MAX_ROUNDS, Approvals, TurnInput
 from proxy.errors import ProxyError
-from proxy.letta import Agent, Letta, PendingApproval
+from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
 from proxy.tools import MOVED_ON, NO_APPROVER, ToolResult
 from tests.letta_captures import raw, turn
@@ -21,6 +21,13 @@ from tests.letta_captures import raw, turn
 AGENT = Agent("agent-1", "bot", 0, "letta_v1_agent")
 USER = {"role": "user", "content": "something else"}
 WEATHER = [{"name": "get_weather"}]
+
+
+def refusal() -> ProxyError:
+    """Letta's 409 PENDING_APPROVAL, as letta.py reports it."""
+    return ProxyError(409, "The agent is waiting for the approval of a tool call.", code="pending_approval")
+
+
 OWN_WAIT = next(m for m in turn("send_approval.json") if m.message_type == "approval_request_message")
 
 
@@ -95,7 +102,7 @@ def test_a_plain_turn_is_one_request() -> None:
 
 def test_a_whole_turn_refused_for_a_pending_call_is_sent_again_after_a_denial() -> None:
     """Letta's 409: the pending call is denied (the user moved on) in the same request as the turn."""
-    letta = StandIn([PendingApproval(), "send_message.json"], waiting=OWN_WAIT)
+    letta = StandIn([refusal(), "send_message.json"], waiting=OWN_WAIT)
     events = asyncio.run(approvals(letta).send(TurnInput(AGENT, [USER])))
     denial = {
         "type": "approval",
@@ -140,8 +147,8 @@ def test_a_failure_that_is_not_a_refusal_is_told_and_never_resent() -> None:
 
 def test_a_refusal_is_answered_once() -> None:
     """Refused again after the denial: the second refusal is the answer, not a loop."""
-    letta = StandIn([PendingApproval(), PendingApproval()], waiting=OWN_WAIT)
-    with pytest.raises(PendingApproval):
+    letta = StandIn([refusal(), refusal()], waiting=OWN_WAIT)
+    with pytest.raises(ProxyError):
         asyncio.run(approvals(letta).send(TurnInput(AGENT, [USER])))
     assert len(letta.sent) == 2
 

@@ -59,7 +59,7 @@ def install() -> None:
         _run([sys.executable, "-m", "venv", "--clear", str(VENV)])
         python = str(VENV / "bin" / "python")
         _run([python, "-m", "pip", "install", "-q", f"torch=={TORCH}"])  # pip: it finds the local CPU wheel
-        _run(["uv", "pip", "install", "-q", "--python", python, f"open-webui=={VERSION}"])  # ~20 s, pip ~8 min
+        _run(["uv", "pip", "install", "-q", "--python", python, f"open-webui=={VERSION}"])  # 20 s; pip: 8 min
     print(f"Open WebUI {installed_version()} in {VENV}; Chromium at {CHROMIUM}")
 
 

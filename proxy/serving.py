@@ -19,7 +19,7 @@ from proxy.auth import Client
 from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
-from proxy.routing import Routing
+from proxy.routing import Routing, with_speaker
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
@@ -34,7 +34,6 @@ from proxy.translate import (
 from proxy.turns import TurnQueue
 
 HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
-CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 T = TypeVar("T")
@@ -98,7 +97,7 @@ class Chat:
         forward = self._settings.proxy_client_tools == "forward"
         offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
-        messages = letta_messages(request, self._limits, results_given=bool(results))
+        messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
         agent = await self._routing.resolve(client, request.model, request.user)
         offered = self._usable(agent, offered)
         header = ChunkHeader(header.id, header.created, agent.name)
@@ -108,7 +107,7 @@ class Chat:
             frozenset(tool["name"] for tool in offered),
             self._settings.proxy_tool_approvals,
         )
-        chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
+        chat_key = await self._routing.chat_key(headers, request.messages)
         release = await watch.guard(
             self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
         )

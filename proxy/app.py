@@ -18,6 +18,7 @@ from proxy.serving import Chat
 from proxy.sessions import open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
+from proxy.user_agents import UserAgents
 
 OPENAPI = OpenAPIConfig(
     title="letta-openai-proxy",
@@ -45,7 +46,9 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     store = open_store(
         settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
     )
-    routing = Routing(letta, store, settings.proxy_model_scope, settings.proxy_default_agent)
+    routing = Routing(
+        letta, store, settings.proxy_model_scope, settings.proxy_default_agent, UserAgents(letta, settings)
+    )
     app = Litestar(
         route_handlers=[v1, metrics, *probes],
         dependencies={

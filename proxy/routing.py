@@ -8,25 +8,38 @@ With PROXY_MODEL_SCOPE `global` or `session`, naming a model also makes that age
 requests without one: for the whole key (`global`), or for one `user` of it (`session`). Where Letta has
 conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats. That memory is
 kept per client key, so one tenant can never steer or see another's.
+
+A template agent (PROXY_USER_AGENT_TEMPLATES) is never talked to itself: the request goes to its end
+user's own agent (proxy/user_agents.py), whatever API asked.
 """
 
 from collections import Counter
+from collections.abc import Mapping
 
 from proxy.auth import Client
 from proxy.errors import ProxyError, bad_request, model_not_found
 from proxy.letta import Agent, Letta
 from proxy.sessions import SessionStore, SessionStoreError
 from proxy.settings import ModelScope
+from proxy.user_agents import UserAgents, end_user
 
 MAX_CHAT_KEY = 256
 
 
 class Routing:
-    def __init__(self, letta: Letta, store: SessionStore, scope: ModelScope, default: str | None) -> None:
+    def __init__(
+        self,
+        letta: Letta,
+        store: SessionStore,
+        scope: ModelScope,
+        default: str | None,
+        user_agents: UserAgents | None = None,
+    ) -> None:
         self._letta = letta
         self._store = store
         self._scope = scope
         self._default = default
+        self._user_agents = user_agents
 
     async def visible(self, client: Client, *, fresh: bool = False) -> list[Agent]:
         """The exposed agents this client's key may use; `fresh` for a model the cached list lacks."""
@@ -39,7 +52,17 @@ class Routing:
         names = Counter(agent.name for agent in agents)
         return [(agent.name if names[agent.name] == 1 else agent.id, agent) for agent in agents]
 
-    async def resolve(self, client: Client, model: str | None, user: str | None) -> Agent:
+    async def resolve(
+        self, client: Client, model: str | None, user: str | None, headers: Mapping[str, str] | None = None
+    ) -> Agent:
+        """The agent the turn goes to: for a template, its end user's own agent (named by `user`, else by
+        the request's `headers`)."""
+        agent = await self._named(client, model, user)
+        if self._user_agents is not None and self._user_agents.is_template(agent):
+            return await self._user_agents.agent_for(agent, end_user(user, headers))
+        return agent
+
+    async def _named(self, client: Client, model: str | None, user: str | None) -> Agent:
         """An agent outside the key's scope is reported as unknown, so names do not leak."""
         agents = await self.visible(client)
         session = self._session_key(user)

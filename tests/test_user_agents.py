@@ -317,6 +317,36 @@ def test_two_agents_for_one_user_converge_on_the_oldest(
     assert len(rows.deleted) == 1 and ours.startswith("assistant-user-")
 
 
+def test_a_failed_create_is_a_502_and_the_next_turn_tries_again(
+    tmp_path: Path, table: tuple[Table, respx.MockRouter]
+) -> None:
+    """Letta refusing the copy is an OpenAI-shaped 502 with no turn sent; nothing wrong is remembered, so
+    the user's next turn makes their agent."""
+    rows, letta = table
+    letta["create"].mock(side_effect=[httpx.Response(500, json={"detail": "database is down"}), rows.create])
+    with proxy(tmp_path, proxy_agent_cache_seconds=60) as client:
+        failed = ask(client, user="alice")
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_error"
+        assert not letta["send"].called
+        assert ask(client, user="alice").status_code == 200
+    assert len(rows.creates) == 1 and len(letta["send"].calls) == 1
+
+
+def test_an_extra_agent_already_deleted_by_another_replica_is_no_failure(
+    tmp_path: Path, table: tuple[Table, respx.MockRouter]
+) -> None:
+    """Two replicas may both delete the same extra agent: Letta's 404 for the second is fine."""
+    rows, letta = table
+    tag = user_tag(b"test-secret", TEMPLATE["id"], "alice")
+    rows.add("older", [tag], agent_id="agent-older")
+    rows.add("younger", [tag], agent_id="agent-younger")
+    letta["delete"].mock(return_value=httpx.Response(404, json={"detail": "Agent not found"}))
+    with proxy(tmp_path) as client:
+        assert ask(client, user="alice").status_code == 200
+    assert sent_to(letta) == ["agent-older"] and letta["delete"].call_count == 1
+    assert letta["delete"].calls.last.request.url.path.endswith("/agent-younger")
+
+
 # --- races, on an in-memory Letta whose every call yields -------------------------------------------
 
 
@@ -418,3 +448,19 @@ def test_a_found_agent_is_remembered_for_the_cache_period(tmp_path: Path) -> Non
 
     asyncio.run(main())
     assert calls == 2  # the lookup before creating, and the one after
+
+
+def test_a_user_whose_agent_was_deleted_gets_a_new_one_once_the_cache_period_is_over(tmp_path: Path) -> None:
+    """Resetting a user is deleting their agent in Letta: past the cache period, their next turn makes a
+    fresh copy of the template."""
+    letta = Shared()
+    settings = make_settings(tmp_path, proxy_user_agent_templates="assistant", proxy_agent_cache_seconds=0)
+    users = UserAgents(cast(Letta, letta), settings)
+
+    async def main() -> tuple[Agent, Agent]:
+        first = await users.agent_for(TEMPLATE_AGENT, "hal")
+        letta.agents.clear()  # the operator deletes it
+        return first, await users.agent_for(TEMPLATE_AGENT, "hal")
+
+    first, second = asyncio.run(main())
+    assert (first.id, second.id, letta.creates) == ("agent-1", "agent-2", 2)

@@ -138,9 +138,7 @@ def decode_agents(body: bytes) -> list[AgentRecord]:
     try:
         return _agents.decode(body)
     except msgspec.DecodeError as exc:
-        raise ProxyError(
-            502, "The Letta server sent a malformed agent list.", type="server_error", code="upstream_error"
-        ) from exc
+        raise _malformed("agent list") from exc
 
 
 def decode_state(body: bytes) -> dict[str, Any]:
@@ -149,9 +147,14 @@ def decode_state(body: bytes) -> dict[str, Any]:
     try:
         return _state.decode(body)
     except msgspec.DecodeError as exc:
-        raise ProxyError(
-            502, "The Letta server sent a malformed agent.", type="server_error", code="upstream_error"
-        ) from exc
+        raise _malformed("agent") from exc
+
+
+def _malformed(what: str) -> ProxyError:
+    """Letta's answer to a question about agents cannot be read: retrying is safe, no turn was sent."""
+    return ProxyError(
+        502, f"The Letta server sent a malformed {what}.", type="server_error", code="upstream_error"
+    )
 
 
 def decode_messages(body: bytes) -> list[LettaMessage]:

@@ -8,11 +8,12 @@ model itself.
 The copy is made by `POST /v1/agents/` from the template's state: its memory blocks (as new blocks, so
 that each user's memory is private), its tools (the same tools, by id), folders, tool secrets, model and
 embedding configs, tool rules, compaction settings and system prompt; none of its messages (Letta starts
-the copy as it starts any new agent). Why not Letta's own export and import: in Letta 0.16.8 an export
-without messages imports as an agent with no in-context messages at all, whose first turn fails (a 500),
-and an import upserts the template's tools by name and re-creates its MCP servers; a create is one
-request, one transaction, tags included, so no copy ever exists without its tag. Letta identities would
-add an object per user and still not make two concurrent creates one.
+the copy as it starts any new agent). Not its sleep-time agent: Letta would make the copy's one as an
+untagged agent sharing the user's blocks, listed and reachable like any other. Why not Letta's own export
+and import: in Letta 0.16.8 an export without messages imports as an agent with no in-context messages
+at all, whose first turn fails (a 500), and an import upserts the template's tools by name and re-creates
+its MCP servers; a create is one request, one transaction, tags included, so no copy ever exists without
+its tag. Letta identities would add an object per user and still not make two concurrent creates one.
 
 The copy is found again without any local database, by its tag: `lop-user:` and an HMAC-SHA256, keyed
 with PROXY_USER_AGENT_SECRET, of the template's id and the user, so that the user id never appears in
@@ -23,8 +24,9 @@ propagated: a user whose agent should start again from the template has their ag
 Exactly one agent per (template, user): within a process, one lock per tag around the find-or-create;
 across replicas, the creator lists the tag again after creating and keeps the oldest agent (by creation
 time, then id), deleting the others. Any replica that sees several does the same, so all converge on
-one. The window left: a replica whose listing missed an older agent still being committed elsewhere may
-use its own agent for the moment until the other replica deletes it.
+one. The window left: a replica whose listing missed an older agent still being committed elsewhere
+(Letta dates an agent at the start of its create's transaction) may use its own agent until the other
+replica deletes it.
 """
 
 import hashlib
@@ -62,7 +64,6 @@ COPIED_FIELDS = (
     "metadata",
     "timezone",
     "message_buffer_autoclear",
-    "enable_sleeptime",
     "max_files_open",
     "per_file_view_window_char_limit",
 )

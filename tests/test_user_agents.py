@@ -110,6 +110,12 @@ def test_the_copy_takes_the_template_s_memory_tools_and_model_but_no_messages() 
     assert not {"id", "message_ids", "messages", "initial_message_sequence", "identity_ids"} & set(body)
 
 
+def test_a_sleep_time_template_is_copied_without_its_sleep_time_agent() -> None:
+    """Letta would make the copy's sleep-time agent untagged, sharing the user's blocks, visible to all."""
+    body = copy_body({**TEMPLATE_STATE, "enable_sleeptime": True}, "n", ["lop-user:x"])
+    assert "enable_sleeptime" not in body
+
+
 # --- through the app, against a Letta that keeps its agents -----------------------------------------
 
 

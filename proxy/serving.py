@@ -74,7 +74,7 @@ class Chat:
             return Served(_local(local_answer(task, request.messages), header, request.stream, include_usage))
         if headers.get(HEALTH_CHECK_HEADER, "").strip().lower() in ("1", "true"):
             # LiteLLM's health checks carry it (from `health_check_params`); real traffic never does.
-            agent = await self._routing.resolve(client, request.model, request.user)  # key, Letta, agent
+            agent = await self._routing.named(client, request.model, request.user)  # key, Letta, agent
             header = ChunkHeader(header.id, header.created, agent.name)
             return Served(_local("", header, request.stream, include_usage), agent.name)
         return await self._turn(client, request, headers, header, include_usage, watch)
@@ -98,7 +98,7 @@ class Chat:
         offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
         messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
-        agent = await self._routing.resolve(client, request.model, request.user)
+        agent = await self._routing.resolve(client, request.model, request.user, headers)
         offered = self._usable(agent, offered)
         header = ChunkHeader(header.id, header.created, agent.name)
         translator = TurnTranslator(

@@ -4,6 +4,7 @@ It needs what `uv run python -m tests.e2e.openwebui.openwebui` installs (Open We
 Chromium); without it the suite is skipped, saying so, or fails under PROXY_E2E_REQUIRED=1 (CI).
 """
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 from tests.e2e.conftest import API_KEY, REQUIRED
 from tests.e2e.openwebui.openwebui import CHROMIUM, missing, running_openwebui
 from tests.proxy_process import running_proxy
+
+METRICS_KEY = "sk-openwebui-metrics-" + uuid.uuid4().hex
 
 SHOTS = pytest.StashKey[Path]()
 FAILED = pytest.StashKey[bool]()
@@ -41,12 +44,13 @@ def agents(openwebui_installed: None, make_agent: Callable[[], AgentState]) -> t
 def webui_proxy(
     letta_url: str, agents: tuple[AgentState, AgentState], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """The proxy as a real process, with defaults but a key that sees only this suite's agents."""
+    """The proxy as a real process, with defaults but a key that sees only this suite's agents (and an
+    unscoped one for /metrics, which scoped keys may not read)."""
     scoped = f"{API_KEY}:{'|'.join(agent.name for agent in agents)}"
     try:
         with running_proxy(
             tmp_path_factory.mktemp("webui-proxy"),
-            scoped,
+            f"{scoped},{METRICS_KEY}",
             LETTA_BASE_URL=letta_url,
             PROXY_AGENT_CACHE_SECONDS="0",
         ) as proxy:

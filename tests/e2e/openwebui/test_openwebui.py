@@ -18,8 +18,8 @@ from letta_client import Letta
 from letta_client.types import AgentState
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import API_KEY
 from tests.e2e.letta_history import user_texts
+from tests.e2e.openwebui.conftest import METRICS_KEY
 from tests.e2e.openwebui.openwebui import VERSION
 
 RUN = uuid.uuid4().hex[:6]
@@ -87,7 +87,7 @@ def conversations(letta: Letta, agent: AgentState) -> list[list[tuple[str, str |
 
 def streamed_turns(proxy_url: str, agent: AgentState) -> float:
     """How many streams the proxy has opened for the agent (its first-chunk histogram counts only streams)."""
-    metrics = httpx.get(f"{proxy_url}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    metrics = httpx.get(f"{proxy_url}/metrics", headers={"Authorization": f"Bearer {METRICS_KEY}"}).text
     found = re.search(
         rf'^proxy_first_chunk_seconds_count\{{model="{re.escape(agent.name)}"\}} (\S+)$', metrics, re.M
     )

@@ -7,12 +7,15 @@ the conversation a chat key pins, and comes back whole or streamed.
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+
+from letta_client.types import MessageCreateParam
 
 from proxy import protocol
 from proxy.auth import Client
-from proxy.letta import Letta
+from proxy.letta import Agent, Letta
+from proxy.letta_wire import LettaMessage
 from proxy.routing import Routing
 from proxy.settings import Settings
 from proxy.stream import ChunkHeader, local_frames, sse_frames
@@ -31,6 +34,31 @@ CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
+Prepare = Callable[[Agent, str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a turn goes: the agent (a model name or id), and which of its histories.
+
+    By default the agent's own history, or the conversation a chat key pins. `pinned` names the history
+    outright (`conversation`, None for the agent's own), as a Responses API id or `conversation` does.
+    """
+
+    model: str | None
+    user: str | None = None
+    chat_key: str | None = None
+    conversation: str | None = None
+    pinned: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A turn sent: its agent, its conversation, and Letta's events, whole or as a live stream."""
+
+    agent: Agent
+    conversation: str | None
+    events: list[LettaMessage] | AsyncGenerator[LettaMessage, None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +77,11 @@ class Chat:
         self._turns = turns
         self._settings = settings
         self._limits = Limits(
-            settings.proxy_max_messages, settings.proxy_max_text_chars, settings.proxy_max_image_bytes
+            settings.proxy_max_messages,
+            settings.proxy_max_text_chars,
+            settings.proxy_max_image_bytes,
+            frozenset(settings.proxy_image_url_hosts),
+            settings.proxy_system_messages,
         )
 
     async def serve(
@@ -74,36 +106,60 @@ class Chat:
         header: ChunkHeader,
         include_usage: bool,
     ) -> Served:
-        """A real turn: one at a time per agent (or per pinned conversation)."""
+        """A real turn, answered as a chat.completion or its chunks."""
         messages = letta_messages(request, self._limits)
-        agent = await self._routing.resolve(client, request.model, request.user)
-        header = ChunkHeader(header.id, header.created, agent.name)
+        target = Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER))
+        turn = await self.run(client, target, messages, stream=request.stream)
+        header = ChunkHeader(header.id, header.created, turn.agent.name)
         translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
-        chat_key = await self._routing.chat_key(headers.get(CHAT_KEY_HEADER))
-        release = await self._turns.enter(agent.id if chat_key is None else f"{agent.id}:{chat_key}")
-        try:
-            conversation = await self._routing.conversation(client, agent, chat_key) if chat_key else None
-            if not request.stream and conversation is None:
-                try:
-                    turn = await self._letta.send(agent, messages)
-                finally:
-                    release()
-                return Served(completion(turn.events(), translator, *_fields(header)), agent.name, translator)
-            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
-        except BaseException:
-            release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
-            raise
-        if not request.stream:  # a conversation's turn, which Letta only streams: gathered whole
-            gathered = [event async for event in events]
-            return Served(completion(gathered, translator, *_fields(header)), agent.name, translator)
+        if isinstance(turn.events, list):
+            return Served(completion(turn.events, translator, *_fields(header)), turn.agent.name, translator)
         frames = sse_frames(
-            events,
+            turn.events,
             translator,
             header,
             include_usage=include_usage,
             idle_seconds=self._settings.proxy_keepalive_seconds,
         )
-        return Served(frames, agent.name, translator)
+        return Served(frames, turn.agent.name, translator)
+
+    async def run(
+        self,
+        client: Client,
+        target: Target,
+        messages: list[MessageCreateParam],
+        *,
+        stream: bool,
+        prepare: Prepare | None = None,
+    ) -> Turn:
+        """One turn, whatever the API: one at a time per agent (or per conversation), whole or streamed.
+
+        `prepare` runs once the turn has its place in the queue, before anything reaches Letta: checks
+        that need the agent's history to stay as it is until the turn is sent.
+        """
+        agent = await self._routing.resolve(client, target.model, target.user)
+        chat_key = None if target.pinned else await self._routing.chat_key(target.chat_key)
+        line = target.conversation or chat_key
+        release = await self._turns.enter(agent.id if line is None else f"{agent.id}:{line}")
+        try:
+            conversation = target.conversation
+            if chat_key:
+                conversation = await self._routing.conversation(client, agent, chat_key)
+            if prepare is not None:
+                await prepare(agent, conversation)
+            if not stream and conversation is None:
+                try:
+                    whole = await self._letta.send(agent, messages)
+                finally:
+                    release()
+                return Turn(agent, conversation, whole.events())
+            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
+        except BaseException:
+            release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
+            raise
+        if not stream:  # a conversation's turn, which Letta only streams: gathered whole
+            return Turn(agent, conversation, [event async for event in events])
+        return Turn(agent, conversation, events)
 
 
 def _fields(header: ChunkHeader) -> tuple[str, int, str]:

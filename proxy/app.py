@@ -11,6 +11,7 @@ from proxy.auth import load_clients
 from proxy.errors import exception_handlers
 from proxy.letta import Letta
 from proxy.observe import observe
+from proxy.responses.serving import Responses
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.serving import Chat
@@ -44,12 +45,14 @@ def create_app(settings: Settings) -> Litestar:
         settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
     )
     routing = Routing(letta, store, settings.proxy_model_scope, settings.proxy_default_agent)
+    chat = Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)
     app = Litestar(
         route_handlers=[v1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),
-            "chat": _singleton(Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)),
+            "chat": _singleton(chat),
+            "responses": _singleton(Responses(chat, letta, settings)),
         },
         exception_handlers=exception_handlers,
         on_shutdown=[letta.aclose, store.aclose],

@@ -360,3 +360,26 @@ class Letta:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
+
+    async def latest_run(self, agent: Agent, conversation: str | None) -> str | None:
+        """The run of the newest message in the agent's own history, or in one of its conversations."""
+        page = await self._call(
+            lambda: self._client.conversations.messages.list(
+                conversation or "default",
+                agent_id=None if conversation else agent.id,
+                limit=1,
+                order="desc",
+            ),
+            sent=False,
+        )
+        return next((getattr(message, "run_id", None) for message in page.items), None)
+
+    async def conversation_agent(self, conversation: str) -> str | None:
+        """The agent a conversation belongs to; None when Letta has no such conversation."""
+        try:
+            found = await self._client.conversations.retrieve(conversation)
+        except letta_client.NotFoundError:
+            return None
+        except UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc, sent=False, secret=self._secret) from exc
+        return found.agent_id

@@ -13,6 +13,8 @@ from proxy.auth import identify, presented_key
 from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.observe import exposition
+from proxy.responses import protocol as responses_wire
+from proxy.responses.serving import Responses
 from proxy.routing import Routing
 from proxy.serving import Chat
 
@@ -62,6 +64,34 @@ async def chat_completions(
     return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+@post(
+    "/responses",
+    summary="The Responses API: send the new input items to an agent",
+    status_code=200,
+    responses={
+        **ERRORS,
+        409: _ERROR,
+        200: ResponseSpec(
+            responses_wire.Response,
+            generate_examples=False,
+            description="A response; with stream=true, text/event-stream of `event:`/`data:` lines from "
+            "response.created to response.completed (or response.failed)",
+        ),
+    },
+)
+async def create_response(
+    request: Request,
+    data: JSONBody[responses_wire.ResponseRequest],
+    responses: NamedDependency[Responses],
+) -> Response[responses_wire.Response] | Stream:
+    """One agent turn in the Responses format, over the same turn path as chat completions."""
+    served = await responses.create(request.state.client, data, request.headers)
+    request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
+    if isinstance(served.answer, responses_wire.Response):
+        return Response(served.answer)
+    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
 @get("/health", summary="Liveness: the process is up", security=[{}])
 async def health() -> protocol.Health:
     """No key and no Letta call: for liveness probes."""
@@ -88,5 +118,5 @@ async def metrics() -> Response[bytes]:
     return Response(body, media_type=media_type)
 
 
-v1 = Router("/v1", route_handlers=[list_models, chat_completions], guards=[require_key])
+v1 = Router("/v1", route_handlers=[list_models, chat_completions, create_response], guards=[require_key])
 probes = [health, ready]

@@ -84,6 +84,10 @@ class Chat:
             settings.proxy_system_messages,
         )
 
+    @property
+    def limits(self) -> Limits:
+        return self._limits
+
     async def serve(
         self, client: Client, request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
     ) -> Served:

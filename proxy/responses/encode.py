@@ -53,6 +53,7 @@ class ResponseEncoder:
         self._calls: dict[int, _Item] = {}  # by the delta's tool-call index
         self._open: _Item | None = None
         self._sequence = 0
+        self.result: wire.Response | None = None  # the whole response, once the turn is over
 
     def start(self) -> list[wire.Event]:
         """`response.created` then `response.in_progress`, both with the empty response."""
@@ -77,14 +78,15 @@ class ResponseEncoder:
         """The open item closed, then `response.completed` (status `incomplete` if the turn was cut)."""
         events = self._close()
         reason = INCOMPLETE.get(finish_reason)
-        response = self.response("incomplete" if reason else "completed", usage, reason)
-        return [*events, self._event("response.completed", response=response)]
+        self.result = self.response("incomplete" if reason else "completed", usage, reason)
+        return [*events, self._event("response.completed", response=self.result)]
 
     def fail(self, error: ProxyError) -> list[wire.Event]:
         """`response.failed`, with an error code Codex and the SDKs know, after the open item is closed."""
         events = self._close()
         failure = wire.ResponseError(code=failure_code(error), message=error.message)
-        return [*events, self._event("response.failed", response=self.response("failed", error=failure))]
+        self.result = self.response("failed", error=failure)
+        return [*events, self._event("response.failed", response=self.result)]
 
     def response(
         self,

@@ -41,16 +41,14 @@ def make_response_id(ref: ResponseRef, key: bytes) -> str:
 
 def read_response_id(response_id: str, key: bytes, param: str = "previous_response_id") -> ResponseRef:
     """The turn a response id stands for; a 404 for one this key did not make, whatever else is wrong."""
+    encoded = response_id.removeprefix(PREFIX)
     try:
-        raw = base64.urlsafe_b64decode(response_id.removeprefix(PREFIX) + "=" * (-len(response_id) % 4))
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
     except (binascii.Error, ValueError):
         raise not_found(response_id, param) from None
     body, tag = raw[:-TAG_BYTES], raw[-TAG_BYTES:]
-    if (
-        not response_id.startswith(PREFIX)
-        or len(raw) <= TAG_BYTES
-        or not hmac.compare_digest(tag, _tag(body, key))
-    ):
+    valid = response_id.startswith(PREFIX) and len(raw) > TAG_BYTES and body[0] == VERSION
+    if not valid or not hmac.compare_digest(tag, _tag(body, key)):
         raise not_found(response_id, param)
     fields, at = [], 1
     for prefix in _FIELD_PREFIXES:

@@ -1,0 +1,160 @@
+"""Serving one Responses API request over the chat path's turn (`Chat.run`): same keys, agents, queue,
+errors and Letta calls; only the input and the output speak the Responses format.
+
+Which history a turn continues: the one a `previous_response_id` names (its agent and conversation are
+sealed in the id), else the Letta `conversation` named, else, as in chat, the agent's own history or
+the conversation a chat key pins. A previous response must be the latest turn of its history: Letta can
+fork a conversation only whole (POST /v1/conversations/{id}/fork copies every message), never at an
+older turn, so continuing from an older one is refused with a 409 rather than answered from the wrong
+history.
+"""
+
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+import msgspec
+from letta_client.types import MessageCreateParam
+
+from proxy.auth import Client
+from proxy.errors import ProxyError, bad_request
+from proxy.letta import Agent, Letta
+from proxy.responses import protocol as wire
+from proxy.responses.encode import Header, ResponseEncoder
+from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
+from proxy.responses.stream import ResponseFramer
+from proxy.responses.translate import turn_input
+from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Target, Turn
+from proxy.settings import Settings, ToolCallMode
+from proxy.stream import turn_frames
+from proxy.translate import TurnTranslator
+
+Answer = wire.Response | AsyncIterator[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """The answer, and what the access log says of it."""
+
+    answer: Answer
+    agent: str
+    turn: TurnTranslator
+
+
+class Responses:
+    def __init__(self, chat: Chat, letta: Letta, settings: Settings) -> None:
+        self._chat = chat
+        self._letta = letta
+        self._settings = settings
+        # The agent's own tool calls were run by Letta: never function_call items, which a client would run.
+        tool_calls: ToolCallMode = "reasoning" if settings.proxy_tool_calls == "reasoning" else "drop"
+        self._tool_calls = tool_calls if settings.proxy_reasoning else "drop"
+
+    async def create(
+        self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str]
+    ) -> Served:
+        created_at = int(time.time())
+        previous = (
+            read_response_id(request.previous_response_id, client.key)
+            if request.previous_response_id
+            else None
+        )
+        if previous is not None and request.conversation_id:
+            raise bad_request(
+                "Send either previous_response_id or conversation, not both.", param="conversation"
+            )
+        outputs, message = turn_input(request, self._chat.limits, continuing=previous is not None)
+        messages: list[MessageCreateParam] = [*_tool_returns(outputs), *([message] if message else [])]
+        target, prepare = self._target(request, headers, previous)
+        turn = await self._chat.run(client, target, messages, stream=request.stream, prepare=prepare)
+        translator = TurnTranslator(self._tool_calls, self._settings.proxy_reasoning)
+
+        def header(run_id: str | None) -> Header:
+            return self._header(client, request, turn, run_id, created_at)
+
+        if isinstance(turn.events, list):
+            run_id = next((event.run_id for event in turn.events if event.run_id), None)
+            encoder = ResponseEncoder(header(run_id))
+            for event in turn.events:
+                if (delta := translator.feed(event)) is not None:
+                    encoder.feed(delta, event.id)
+            encoder.finish(translator.finish_reason, translator.usage)
+            return Served(cast(wire.Response, encoder.result), turn.agent.name, translator)
+        framed = turn_frames(
+            turn.events,
+            translator,
+            ResponseFramer(header),
+            idle_seconds=self._settings.proxy_keepalive_seconds,
+        )
+        return Served(framed, turn.agent.name, translator)
+
+    def _target(
+        self, request: wire.ResponseRequest, headers: Mapping[str, str], previous: ResponseRef | None
+    ) -> tuple[Target, Prepare | None]:
+        if previous is not None:
+            target = Target(
+                previous.agent_id, request.user, conversation=previous.conversation_id, pinned=True
+            )
+            return target, self._continues(previous, request.model)
+        if request.conversation_id:
+            target = Target(request.model, request.user, conversation=request.conversation_id, pinned=True)
+            return target, self._owned(request.conversation_id)
+        return Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER)), None
+
+    def _continues(self, previous: ResponseRef, model: str | None) -> Prepare:
+        """Checks, in the turn's place in the queue, that the previous response is its history's latest."""
+
+        async def prepare(agent: Agent, conversation: str | None) -> None:
+            if model and model not in (agent.name, agent.id):
+                raise bad_request(
+                    f"previous_response_id belongs to another model than '{model}'.", param="model"
+                )
+            if await self._letta.latest_run(agent, conversation) != previous.run_id:
+                raise ProxyError(
+                    409,
+                    "previous_response_id is not the latest response of its conversation: the agent's "
+                    "history has moved on, and Letta cannot branch it at an older turn. Continue from the "
+                    "latest response, or start a new conversation.",
+                    code="response_not_latest",
+                    param="previous_response_id",
+                )
+
+        return prepare
+
+    def _owned(self, conversation: str) -> Prepare:
+        async def prepare(agent: Agent, _: str | None) -> None:
+            if await self._letta.conversation_agent(conversation) != agent.id:
+                raise ProxyError(
+                    404,
+                    f"Conversation '{conversation[:100]}' not found for this model.",
+                    code="conversation_not_found",
+                    param="conversation",
+                )
+
+        return prepare
+
+    def _header(
+        self, client: Client, request: wire.ResponseRequest, turn: Turn, run_id: str | None, created_at: int
+    ) -> Header:
+        ref = ResponseRef(turn.agent.id, turn.conversation, run_id or "")
+        tools: tuple[Any, ...] = tuple(msgspec.to_builtins(request.tools or []))
+        return Header(
+            make_response_id(ref, client.key),
+            created_at,
+            turn.agent.name,
+            previous_response_id=request.previous_response_id,
+            instructions=request.instructions,
+            tools=tools,
+        )
+
+
+def _tool_returns(outputs: list[dict[str, str]]) -> list[MessageCreateParam]:
+    """The client's results for the tools the agent called, as one Letta tool_return message."""
+    if not outputs:
+        return []
+    returns = [
+        {"type": "tool", "tool_call_id": o["call_id"], "status": "success", "tool_return": o["output"]}
+        for o in outputs
+    ]
+    return [{"type": "tool_return", "tool_returns": returns}]  # type: ignore[list-item]

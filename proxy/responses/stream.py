@@ -1,0 +1,58 @@
+"""The Responses API's SSE: `event:` and `data:` lines, `response.created` first, no `[DONE]`.
+
+The response's id names Letta's run, which the first Letta event carries, so the opening events wait
+for that event; it is already in when the stream opens (Letta's stream is read before the 200).
+"""
+
+from collections.abc import Callable
+
+import msgspec
+
+from proxy import protocol
+from proxy.errors import ProxyError
+from proxy.letta_wire import LettaMessage
+from proxy.responses import protocol as wire
+from proxy.responses.encode import Header, ResponseEncoder
+from proxy.translate import TurnTranslator
+
+_encode = msgspec.json.Encoder().encode
+
+
+def frames(events: list[wire.Event]) -> bytes:
+    return b"".join(
+        b"event: " + event.type.encode() + b"\ndata: " + _encode(event) + b"\n\n" for event in events
+    )
+
+
+class ResponseFramer:
+    """Frames of one streamed response; `header` makes its header from the run id of the first event."""
+
+    def __init__(self, header: Callable[[str | None], Header]) -> None:
+        self._header = header
+        self._encoder: ResponseEncoder | None = None
+        self._opening: list[wire.Event] = []
+
+    def opening(self) -> bytes:
+        return b""
+
+    def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
+        encoder = self._started(event.run_id)
+        return frames([*self._take_opening(), *(encoder.feed(delta, event.id) if delta else ())])
+
+    def closing(self, translator: TurnTranslator) -> bytes:
+        encoder = self._started(None)
+        return frames([*self._take_opening(), *encoder.finish(translator.finish_reason, translator.usage)])
+
+    def failure(self, error: ProxyError) -> bytes:
+        encoder = self._started(None)
+        return frames([*self._take_opening(), *encoder.fail(error)])
+
+    def _started(self, run_id: str | None) -> ResponseEncoder:
+        if self._encoder is None:
+            self._encoder = ResponseEncoder(self._header(run_id))
+            self._opening = self._encoder.start()
+        return self._encoder
+
+    def _take_opening(self) -> list[wire.Event]:
+        opening, self._opening = self._opening, []
+        return opening

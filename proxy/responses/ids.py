@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -59,9 +60,9 @@ def read_response_id(response_id: str, key: bytes, param: str = "previous_respon
 
 
 def item_id(prefix: str, letta_id: str) -> str:
-    """An OpenAI item id from Letta's: `message-<uuid>` becomes `msg_<uuid hex>`."""
-    _, dash, rest = letta_id.partition("-")
-    return f"{prefix}_{(rest if dash else letta_id).replace('-', '')}"
+    """An OpenAI item id from Letta's: `message-<uuid>` becomes `msg_<uuid hex>`, `call_<x>` `fc_<x>`."""
+    parts = re.split(r"[-_]", letta_id, maxsplit=1)
+    return f"{prefix}_{parts[-1].replace('-', '')}"
 
 
 def not_found(response_id: str, param: str) -> ProxyError:

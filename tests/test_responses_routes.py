@@ -103,9 +103,10 @@ def test_a_previous_response_of_another_model_is_a_400(client: TestClient, letta
     latest_message(letta, CAPTURED_RUN)
     previous = make_response_id(ResponseRef(AGENT["id"], None, CAPTURED_RUN), KEY.encode())
     response = client.post(
-        RESPONSES, json={**HELLO, "model": AGENT["id"] + "x", "previous_response_id": previous}
+        RESPONSES, json={**HELLO, "model": "another-bot", "previous_response_id": previous}
     )
-    assert response.status_code in (400, 404) and not letta["send"].called
+    assert assert_openai_error(response, 400)["param"] == "model"
+    assert not letta["send"].called
 
 
 def test_a_conversation_goes_to_that_conversation_if_it_is_the_agents(
@@ -135,7 +136,7 @@ def test_bad_input_is_an_openai_400(client: TestClient, letta: respx.MockRouter)
     )
     assert error["param"] == "input[0].type" and not letta["send"].called
     both = {**HELLO, "previous_response_id": "resp_x", "conversation": CONVERSATION}
-    assert_openai_error(client.post(RESPONSES, json=both), 404, "response_not_found")
+    assert assert_openai_error(client.post(RESPONSES, json=both), 400)["param"] == "conversation"
 
 
 def test_a_stream_that_fails_to_open_is_a_real_http_error(

@@ -55,15 +55,13 @@ class Responses:
         self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str]
     ) -> Served:
         created_at = int(time.time())
-        previous = (
-            read_response_id(request.previous_response_id, client.key)
-            if request.previous_response_id
-            else None
-        )
-        if previous is not None and request.conversation_id:
+        if request.previous_response_id and request.conversation_id:
             raise bad_request(
                 "Send either previous_response_id or conversation, not both.", param="conversation"
             )
+        previous = None
+        if request.previous_response_id:
+            previous = read_response_id(request.previous_response_id, client.key)
         outputs, message = turn_input(request, self._chat.limits, continuing=previous is not None)
         messages: list[MessageCreateParam] = [*_tool_returns(outputs), *([message] if message else [])]
         target, prepare = self._target(request, headers, previous)

@@ -18,10 +18,17 @@ import letta_client
 from httpx_aiohttp import AiohttpTransport
 from letta_client import AsyncLetta
 from letta_client._constants import RAW_RESPONSE_HEADER
-from letta_client.types import MessageCreateParam
+from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
+from proxy.letta_wire import (
+    LettaMessage,
+    LettaTurn,
+    SSEDecoder,
+    decode_agents,
+    decode_messages,
+    decode_turn,
+)
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -42,6 +49,15 @@ class Agent:
     id: str
     name: str
     created: int
+    type: str | None = None  # Letta's agent type: only some take client tools
+
+
+class PendingApproval(ProxyError):
+    """Letta refused a turn because the agent waits on a tool call (its 409 PENDING_APPROVAL): nothing
+    of the turn was kept, so it may be sent again once the wait is answered."""
+
+    def __init__(self) -> None:
+        super().__init__(409, "The agent is waiting for a tool call to be answered.", code="pending_approval")
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.TransportError, TimeoutError)
@@ -99,9 +115,17 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
 UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError, *TRANSPORT_ERRORS)  # aiohttp's unmapped ones too
 
 
-def _with_otids(messages: Iterable[MessageCreateParam]) -> list[MessageCreateParam]:
+def _with_otids(messages: Iterable[Message]) -> list[Message]:
     """Gives each message an offline id, the same on every retry, so Letta can tell a duplicate."""
-    return [{**message, "otid": str(uuid.uuid4())} for message in messages]
+    return [cast(Message, {**message, "otid": str(uuid.uuid4())}) for message in messages]
+
+
+def _turn_body(messages: Iterable[Message], client_tools: list[ClientTool]) -> dict[str, Any]:
+    """A turn's request body; client tools only when the client offers some."""
+    body: dict[str, Any] = {"messages": _with_otids(messages)}
+    if client_tools:
+        body["client_tools"] = client_tools
+    return body
 
 
 def _unbounded_session() -> aiohttp.ClientSession:
@@ -197,16 +221,19 @@ class Letta:
             (await client.get("/v1/agents/", cast_to=httpx.Response, options={"params": params})).content
         ):
             listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0) for a in page
+                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0, a.agent_type)
+                for a in page
             )
             params["after"] = page[-1].id
         if not self._allowed:
             return listed
         return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
 
-    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
+    async def send(
+        self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None
+    ) -> LettaTurn:
         """One whole turn."""
-        body = {"messages": _with_otids(messages)}
+        body = _turn_body(messages, client_tools or [])
         response = await self._retrying(lambda: self._post(f"/v1/agents/{agent.id}/messages", body))
         return decode_turn(response.content)
 
@@ -217,6 +244,27 @@ class Letta:
         """
         headers = {RAW_RESPONSE_HEADER: "stream"} if unread else {}
         return await self._client.post(path, body=body, cast_to=httpx.Response, options={"headers": headers})
+
+    async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
+        """The newest message of the agent's default history, or of a conversation: an approval request
+        there means the agent waits on tool calls."""
+        return next(iter(await self.recent_messages(agent, conversation, 1)), None)
+
+    async def recent_messages(self, agent: Agent, conversation: str | None, limit: int) -> list[LettaMessage]:
+        """The newest messages of the agent's default history, or of a conversation, newest first.
+
+        Letta 0.16.8 lists the newest `limit` messages, but the default history oldest first and a
+        conversation newest first, whatever `order` says; this puts both newest first.
+        """
+        path = f"/v1/conversations/{conversation or 'default'}/messages"
+        params: dict[str, object] = {"limit": limit, "order": "desc"}
+        if conversation is None:
+            params["agent_id"] = agent.id
+        response = await self._call(
+            lambda: self._client.get(path, cast_to=httpx.Response, options={"params": params}), sent=False
+        )
+        messages = decode_messages(response.content)
+        return messages if conversation else messages[::-1]
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""
@@ -276,23 +324,30 @@ class Letta:
     async def stream(
         self,
         agent: Agent,
-        messages: Iterable[MessageCreateParam],
+        messages: Iterable[Message],
         on_close: Callable[[], None],
         conversation: str | None = None,
+        client_tools: list[ClientTool] | None = None,
     ) -> AsyncGenerator[LettaMessage, None]:
         """One turn as Letta's token stream, already opened and its first event read.
 
         Opening before the caller answers means that a refused or failed turn is still a real HTTP
         error, not an error inside a 200 stream. `on_close` runs once the stream is over, however it ends.
         """
-        events = self._events(agent, messages, on_close, conversation)
+        body = {
+            **_turn_body(messages, client_tools or []),
+            "streaming": True,
+            "stream_tokens": True,
+            "include_pings": True,
+        }
+        events = self._events(agent, body, on_close, conversation)
         await anext(events)  # runs until Letta's first event is in: a failure to open raises here
         return cast(AsyncGenerator[LettaMessage, None], events)  # its one None has just been read
 
     async def _events(
         self,
         agent: Agent,
-        messages: Iterable[MessageCreateParam],
+        body: dict[str, Any],
         on_close: Callable[[], None],
         conversation: str | None,
     ) -> AsyncGenerator[LettaMessage | None, None]:
@@ -302,12 +357,6 @@ class Letta:
         cancels a run left unfinished however the reader stops, even one that never reads past the opening.
         """
         try:
-            body = {
-                "messages": _with_otids(messages),
-                "streaming": True,
-                "stream_tokens": True,
-                "include_pings": True,
-            }
             path = (
                 f"/v1/conversations/{conversation}/messages"
                 if conversation
@@ -348,6 +397,11 @@ class Letta:
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:
             return await call()
+        except letta_client.ConflictError as exc:
+            detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
+            if isinstance(detail, dict) and detail.get("code") == "PENDING_APPROVAL":
+                raise PendingApproval() from exc
+            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except letta_client.NotFoundError as exc:
             if sent:
                 self._fetched_at = -float("inf")  # the agent is gone: list again next time
@@ -360,19 +414,6 @@ class Letta:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
-
-    async def latest_run(self, agent: Agent, conversation: str | None) -> str | None:
-        """The run of the newest message in the agent's own history, or in one of its conversations."""
-        page = await self._call(
-            lambda: self._client.conversations.messages.list(
-                conversation or "default",
-                agent_id=None if conversation else agent.id,
-                limit=1,
-                order="desc",
-            ),
-            sent=False,
-        )
-        return next((getattr(message, "run_id", None) for message in page.items), None)
 
     async def conversation_agent(self, conversation: str) -> str | None:
         """The agent a conversation belongs to; None when Letta has no such conversation."""

@@ -72,11 +72,13 @@ class AgentRecord(msgspec.Struct):
     id: str
     name: str
     created_at: datetime | None = None
+    agent_type: str | None = None
 
 
 _turn = msgspec.json.Decoder(LettaTurn)
 _message = msgspec.json.Decoder(LettaMessage)
 _agents = msgspec.json.Decoder(list[AgentRecord])
+_messages = msgspec.json.Decoder(list[LettaMessage])
 
 
 def decode_turn(body: bytes) -> LettaTurn:
@@ -93,6 +95,13 @@ def decode_agents(body: bytes) -> list[AgentRecord]:
         raise ProxyError(
             502, "The Letta server sent a malformed agent list.", type="server_error", code="upstream_error"
         ) from exc
+
+
+def decode_messages(body: bytes) -> list[LettaMessage]:
+    try:
+        return _messages.decode(body)
+    except msgspec.DecodeError as exc:
+        raise upstream_failure("The Letta server sent a malformed message list.") from exc
 
 
 class SSEDecoder:

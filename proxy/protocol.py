@@ -24,10 +24,36 @@ class ContentPart(msgspec.Struct):
     image_url: ImageURL | None = None
 
 
+class FunctionCall(msgspec.Struct):
+    name: str
+    arguments: str
+
+
+class ToolCall(msgspec.Struct):
+    id: str
+    function: FunctionCall
+    type: Literal["function"] = "function"
+
+
 class ChatMessage(msgspec.Struct):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant message's calls, replayed by the client
+    tool_call_id: str | None = None  # the call a `tool` message answers
+
+
+class FunctionDefinition(msgspec.Struct):
+    """A function the client offers: the neutral shape both chat's and the Responses API's tools map to."""
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, object] | None = None
+
+
+class Tool(msgspec.Struct):
+    type: str
+    function: FunctionDefinition | None = None
 
 
 class StreamOptions(msgspec.Struct):
@@ -41,17 +67,8 @@ class ChatCompletionRequest(msgspec.Struct):
     stream_options: StreamOptions | None = None
     n: int | None = None
     user: str | None = None
-
-
-class FunctionCall(msgspec.Struct):
-    name: str
-    arguments: str
-
-
-class ToolCall(msgspec.Struct):
-    id: str
-    function: FunctionCall
-    type: Literal["function"] = "function"
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, object] | None = None
 
 
 class Usage(msgspec.Struct):

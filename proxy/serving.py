@@ -8,18 +8,21 @@ the conversation a chat key pins, and comes back whole or streamed.
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from letta_client.types import MessageCreateParam
+from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy import protocol
+from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
+from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
 from proxy.routing import Routing
-from proxy.settings import Settings
+from proxy.settings import Settings, ToolCallMode
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
+from proxy.tools import CLIENT_TOOL_AGENT_TYPES, ToolResult, chat_functions, chat_tool_results, client_tools
 from proxy.translate import (
     Limits,
     TurnTranslator,
@@ -53,12 +56,28 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
-class Turn:
-    """A turn sent: its agent, its conversation, and Letta's events, whole or as a live stream."""
+class Sent:
+    """What a request sends the agent, whatever the API: new user turns, tool results, client tools."""
 
-    agent: Agent
-    conversation: str | None
+    messages: list[Message]
+    results: list[ToolResult] = field(default_factory=list)
+    client_tools: list[ClientTool] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """A turn sent: what went (agent, conversation, tools) and Letta's events, whole or as a live stream."""
+
+    input: TurnInput
     events: list[LettaMessage] | AsyncGenerator[LettaMessage, None]
+
+    @property
+    def agent(self) -> Agent:
+        return self.input.agent
+
+    @property
+    def conversation(self) -> str | None:
+        return self.input.conversation
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +95,7 @@ class Chat:
         self._routing = routing
         self._turns = turns
         self._settings = settings
+        self._approvals = Approvals(letta, settings.proxy_tool_approvals)
         self._limits = Limits(
             settings.proxy_max_messages,
             settings.proxy_max_text_chars,
@@ -111,11 +131,14 @@ class Chat:
         include_usage: bool,
     ) -> Served:
         """A real turn, answered as a chat.completion or its chunks."""
-        messages = letta_messages(request, self._limits)
+        forward = self._settings.proxy_client_tools == "forward"
+        offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
+        results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
+        messages = letta_messages(request, self._limits, results_given=bool(results))
         target = Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER))
-        turn = await self.run(client, target, messages, stream=request.stream)
+        turn = await self.run(client, target, Sent(messages, results, offered), stream=request.stream)
         header = ChunkHeader(header.id, header.created, turn.agent.name)
-        translator = TurnTranslator(self._settings.proxy_tool_calls, self._settings.proxy_reasoning)
+        translator = self.translator(turn, self._settings.proxy_tool_calls)
         if isinstance(turn.events, list):
             return Served(completion(turn.events, translator, *_fields(header)), turn.agent.name, translator)
         frames = sse_frames(
@@ -131,7 +154,7 @@ class Chat:
         self,
         client: Client,
         target: Target,
-        messages: list[MessageCreateParam],
+        sent: Sent,
         *,
         stream: bool,
         prepare: Prepare | None = None,
@@ -142,6 +165,7 @@ class Chat:
         that need the agent's history to stay as it is until the turn is sent.
         """
         agent = await self._routing.resolve(client, target.model, target.user)
+        offered = self._usable(agent, sent.client_tools)
         chat_key = None if target.pinned else await self._routing.chat_key(target.chat_key)
         line = target.conversation or chat_key
         release = await self._turns.enter(agent.id if line is None else f"{agent.id}:{line}")
@@ -151,19 +175,41 @@ class Chat:
                 conversation = await self._routing.conversation(client, agent, chat_key)
             if prepare is not None:
                 await prepare(agent, conversation)
+            turn = TurnInput(agent, sent.messages, sent.results, offered, conversation)
             if not stream and conversation is None:
                 try:
-                    whole = await self._letta.send(agent, messages)
+                    whole = await self._approvals.send(turn)
                 finally:
                     release()
-                return Turn(agent, conversation, whole.events())
-            events = await self._letta.stream(agent, messages, on_close=release, conversation=conversation)
+                return Turn(turn, whole)
+            events = await self._approvals.stream(turn, on_close=release)
         except BaseException:
             release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
             raise
         if not stream:  # a conversation's turn, which Letta only streams: gathered whole
-            return Turn(agent, conversation, [event async for event in events])
-        return Turn(agent, conversation, events)
+            return Turn(turn, [event async for event in events])
+        return Turn(turn, events)
+
+    def translator(self, turn: Turn, tool_calls: ToolCallMode) -> TurnTranslator:
+        """A translator for the turn: the client tools it offered are the calls the client must answer."""
+        return TurnTranslator(
+            tool_calls,
+            self._settings.proxy_reasoning,
+            turn.input.client_names,
+            self._settings.proxy_tool_approvals,
+        )
+
+    def _usable(self, agent: Agent, offered: list[ClientTool]) -> list[ClientTool]:
+        """Client tools for agent types that can call them; for others, none, or a 400 if so configured."""
+        if not offered or agent.type is None or agent.type in CLIENT_TOOL_AGENT_TYPES:
+            return offered
+        if self._settings.proxy_client_tools_unsupported == "reject":
+            raise bad_request(
+                f"The agent '{agent.name}' ({agent.type}) cannot call client tools: send no tools.",
+                param="tools",
+                code="tools_unsupported",
+            )
+        return []
 
 
 def _fields(header: ChunkHeader) -> tuple[str, int, str]:

@@ -7,6 +7,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ToolCallMode = Literal["openai", "reasoning", "drop"]
+ApprovalMode = Literal["deny", "client"]
 ModelScope = Literal["request", "global", "session"]
 SystemMessages = Literal["drop", "forward"]
 
@@ -100,8 +101,23 @@ class Settings(BaseSettings):
         description="Origins allowed by CORS, comma-separated ('*' for any); empty: CORS off.",
     )
     proxy_tool_calls: ToolCallMode = Field(
-        "openai",
-        description="How the agent's tool calls are shown: openai tool_calls, reasoning text, or drop.",
+        "reasoning",
+        description="How the agent's own tool calls (which Letta ran) are shown: reasoning text, drop, or "
+        "openai tool_calls (only in requests without tools).",
+    )
+    proxy_client_tools: Literal["forward", "ignore"] = Field(
+        "forward",
+        description="A request's tools reach the agent as client tools (forward), or are ignored (ignore).",
+    )
+    proxy_client_tools_unsupported: Literal["ignore", "reject"] = Field(
+        "ignore",
+        description="A request with tools for an agent type that cannot call client tools: "
+        "answered without them (ignore) or refused with a 400 (reject).",
+    )
+    proxy_tool_approvals: ApprovalMode = Field(
+        "deny",
+        description="The agent's own tools that need approval: denied at once, the agent going on (deny), "
+        "or shown to the client as tool_calls whose tool message approves or denies (client).",
     )
     proxy_task_requests: Literal["skip", "forward"] = Field(
         "skip",
@@ -135,6 +151,9 @@ class Settings(BaseSettings):
         "proxy_model_scope",
         "proxy_task_requests",
         "proxy_system_messages",
+        "proxy_client_tools",
+        "proxy_client_tools_unsupported",
+        "proxy_tool_approvals",
         mode="before",
     )
     @classmethod

@@ -17,7 +17,7 @@ from letta_client.types import MessageCreateParam
 from proxy import protocol
 from proxy.errors import bad_request, upstream_failure
 from proxy.letta_wire import LettaMessage, ToolCall
-from proxy.settings import SystemMessages, ToolCallMode
+from proxy.settings import ApprovalMode, SystemMessages, ToolCallMode
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -52,9 +52,12 @@ class Limits:
 
 
 def letta_messages(
-    request: protocol.ChatCompletionRequest, limits: Limits = Limits()
+    request: protocol.ChatCompletionRequest, limits: Limits = Limits(), *, results_given: bool = False
 ) -> list[MessageCreateParam]:
-    """The user turns after the last assistant message: the only part Letta has not seen yet."""
+    """The user turns after the last assistant message: the only part Letta has not seen yet.
+
+    There may be none when the request brings tool results (`results_given`), which are new too.
+    """
     if request.n is not None and request.n > 1:
         raise bad_request("Only n=1 is supported: a Letta agent gives one answer per turn.", param="n")
     if len(request.messages) > limits.messages:
@@ -69,12 +72,12 @@ def letta_messages(
         for i, message in enumerate(request.messages)
         if i > last_assistant and message.role == "user"
     ]
-    if not turns:
+    if not turns and not results_given:
         raise bad_request(
             "No user message after the last assistant message: there is nothing new to send to the agent.",
             param="messages",
         )
-    if limits.system_messages == "forward":
+    if limits.system_messages == "forward" and turns:
         system = [
             _system_text(i, message)
             for i, message in enumerate(request.messages)
@@ -209,17 +212,29 @@ def _allowed_host(url: str, hosts: frozenset[str]) -> bool:
 
 @dataclass
 class TurnTranslator:
-    """Follows one agent turn: which tool call has which index, where one message ends, how it stopped."""
+    """Follows one agent turn: which tool call has which index, where one message ends, how it stopped.
 
-    tool_calls: ToolCallMode = "openai"
+    The agent's own tool calls (Letta ran them) are shown per `tool_calls`, never as OpenAI tool_calls
+    once the client offers tools of its own; calls the agent waits on (`approval_request_message`) for a
+    client tool, or for any tool in `client` approval mode, are OpenAI tool_calls the client must answer.
+    """
+
+    tool_calls: ToolCallMode = "reasoning"
     reasoning: bool = False
+    client_tools: frozenset[str] = frozenset()
+    approvals: ApprovalMode = "deny"
     stop_reason: str | None = None
     usage: protocol.Usage | None = None
     _tool_index: dict[str, int] = field(default_factory=dict)
+    _shown_as: dict[str, str] = field(default_factory=dict)  # call id -> "client" or a ToolCallMode
     _current_tool: str | None = None
     _assistant_id: str | None = None
     _wrote_content: bool = False
     _wrote_reasoning: bool = False
+
+    def __post_init__(self) -> None:
+        if self.client_tools and self.tool_calls == "openai":
+            self.tool_calls = "reasoning"  # a client that offers tools would try to run the agent's own
 
     def feed(self, event: LettaMessage) -> protocol.Delta | None:
         """The delta for one Letta message or stream event; None for what the client never sees."""
@@ -227,7 +242,9 @@ class TurnTranslator:
             case "assistant_message":
                 return self._assistant(event)
             case "tool_call_message":
-                return self._tool_call(event)
+                return self._tool_call(event, waiting=False)
+            case "approval_request_message":
+                return self._tool_call(event, waiting=True)
             case "reasoning_message" if self.reasoning:
                 return self._reasoning_text(event.reasoning or "")
             case "stop_reason":
@@ -239,22 +256,36 @@ class TurnTranslator:
         return None
 
     def stop(self, reason: str) -> protocol.Delta | None:
-        """Records why the turn ended; a failed turn is an error, an approval wait is explained."""
+        """Records why the turn ended; a failed turn is an error, a wait the client cannot answer is said."""
         self.stop_reason = reason
         if reason in ERROR_STOP_REASONS:
             raise upstream_failure(f"The agent's turn failed in Letta (stop reason '{reason}').", code=reason)
-        if reason == "requires_approval":
+        if reason == "requires_approval" and not self.calls_client:
             return self._content(None, APPROVAL_NOTE)
         return None
 
     def count(self, usage: LettaMessage) -> None:
-        """Letta's own token counts, with the total derived if Letta left it out."""
+        """Letta's own token counts, summed over the Letta requests of one answer; total derived if absent."""
         prompt = usage.prompt_tokens or 0
         completion = usage.completion_tokens or 0
-        self.usage = protocol.Usage(prompt, completion, usage.total_tokens or prompt + completion)
+        total = usage.total_tokens or prompt + completion
+        if self.usage is not None:
+            prompt, completion, total = (
+                prompt + self.usage.prompt_tokens,
+                completion + self.usage.completion_tokens,
+                total + self.usage.total_tokens,
+            )
+        self.usage = protocol.Usage(prompt, completion, total)
+
+    @property
+    def calls_client(self) -> bool:
+        """Whether the answer asks the client to run tools (or approve them): finish_reason tool_calls."""
+        return "client" in self._shown_as.values()
 
     @property
     def finish_reason(self) -> str:
+        if self.stop_reason == "requires_approval" and self.calls_client:
+            return "tool_calls"
         return FINISH_REASONS.get(self.stop_reason or "end_turn", "stop")
 
     def _assistant(self, message: LettaMessage) -> protocol.Delta | None:
@@ -278,24 +309,35 @@ class TurnTranslator:
         self._wrote_reasoning = True
         return protocol.Delta(reasoning_content=text)
 
-    def _tool_call(self, message: LettaMessage) -> protocol.Delta | None:
+    def _tool_call(self, message: LettaMessage, *, waiting: bool) -> protocol.Delta | None:
         calls = message.tool_calls if isinstance(message.tool_calls, list) else [message.tool_call]
-        deltas = [delta for call in calls if (delta := self._tool_call_delta(call))]
-        if not deltas or self.tool_calls == "drop":
-            return None
-        if self.tool_calls == "reasoning":
-            return self._reasoning_text("".join(self._as_text(delta) for delta in deltas))
-        return protocol.Delta(tool_calls=deltas)
+        client: list[protocol.ToolCallDelta] = []
+        text: list[str] = []
+        for call in calls:
+            if call is None or (call_id := call.tool_call_id or self._current_tool) is None:
+                continue
+            self._current_tool = call_id
+            opening = call_id not in self._shown_as
+            if opening:
+                self._shown_as[call_id] = self._presentation(call.name, waiting)
+            shown_as = self._shown_as[call_id]
+            if shown_as in ("client", "openai"):
+                if delta := self._tool_call_delta(call_id, call, opening):
+                    client.append(delta)
+            elif shown_as == "reasoning":
+                text.append(self._as_text(call, opening))
+        if client:
+            return protocol.Delta(tool_calls=client)
+        return self._reasoning_text("".join(text))
 
-    def _tool_call_delta(self, call: ToolCall | None) -> protocol.ToolCallDelta | None:
+    def _presentation(self, name: str | None, waiting: bool) -> str:
+        if waiting and (self.approvals == "client" or name in self.client_tools):
+            return "client"
+        return self.tool_calls
+
+    def _tool_call_delta(self, call_id: str, call: ToolCall, opening: bool) -> protocol.ToolCallDelta | None:
         """The first fragment of a call opens it (id, name); later fragments only add arguments."""
-        if call is None:
-            return None
-        call_id = call.tool_call_id or self._current_tool
-        if call_id is None:
-            return None
-        self._current_tool = call_id
-        if call_id in self._tool_index:
+        if not opening:
             if not call.arguments:
                 return None
             return protocol.ToolCallDelta(
@@ -309,12 +351,11 @@ class TurnTranslator:
             function=protocol.FunctionCallDelta(name=call.name or "", arguments=call.arguments or ""),
         )
 
-    def _as_text(self, delta: protocol.ToolCallDelta) -> str:
+    def _as_text(self, call: ToolCall, opening: bool) -> str:
         """A tool call as readable reasoning text, for UIs that would try to run real tool_calls."""
-        function = delta.function or protocol.FunctionCallDelta()
-        if delta.id is None:
-            return function.arguments or ""
-        header = f"Tool call {function.name}: {function.arguments or ''}"
+        if not opening:
+            return call.arguments or ""
+        header = f"Tool call {call.name or ''}: {call.arguments or ''}"
         return "\n" + header if self._wrote_reasoning else header
 
 

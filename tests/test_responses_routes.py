@@ -7,7 +7,9 @@ import httpx
 import respx
 from litestar.testing import TestClient
 
+from proxy.letta_wire import LettaMessage
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
+from proxy.responses.serving import is_latest
 from tests.conftest import AGENT, KEY, sse
 from tests.test_routes import assert_openai_error, sent_body
 
@@ -146,3 +148,19 @@ def test_a_stream_that_fails_to_open_is_a_real_http_error(
     response = client.post(RESPONSES, json={**HELLO, "stream": True})
     assert_openai_error(response, 502, "upstream_error")
     assert response.headers["x-should-retry"] == "false"
+
+
+def _message(kind: str, run_id: str) -> LettaMessage:
+    return LettaMessage(message_type=kind, run_id=run_id)
+
+
+def test_a_previous_response_is_latest_until_a_user_message_follows_it() -> None:
+    """Its own later Letta requests (a tool result, a denial) do not count; a user turn after it does."""
+    own = [_message("assistant_message", "run-b"), _message("approval_response_message", "run-b")]
+    mine = [_message("approval_request_message", "run-a"), _message("user_message", "run-a")]
+    assert is_latest(mine, "run-a")
+    assert is_latest([*own, *mine], "run-a")
+    assert not is_latest(
+        [_message("assistant_message", "run-c"), _message("user_message", "run-c"), *mine], "run-a"
+    )
+    assert not is_latest(own, "run-a")  # not among the newest messages at all

@@ -6,8 +6,10 @@ import msgspec
 import pytest
 
 from proxy.errors import ProxyError
+from proxy.protocol import FunctionDefinition
 from proxy.responses.protocol import ResponseRequest
-from proxy.responses.translate import client_tools, turn_input
+from proxy.responses.translate import functions, turn_input
+from proxy.tools import ToolResult
 from proxy.translate import SYSTEM_BLOCK, Limits
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
@@ -69,9 +71,9 @@ def test_function_call_outputs_answer_the_calls_and_may_come_with_text() -> None
         user("and then?"),
     ]
     outputs, message = translate(input=items)
-    assert outputs == [{"call_id": "call_1", "output": "42"}, {"call_id": "call_2", "output": "4"}]
+    assert outputs == [ToolResult("call_1", "42"), ToolResult("call_2", "4")]
     assert message == {"role": "user", "content": "and then?"}
-    assert translate(input=items[:3]) == ([{"call_id": "call_1", "output": "42"}], None)
+    assert translate(input=items[:3]) == ([ToolResult("call_1", "42")], None)
 
 
 def test_reasoning_items_are_skipped() -> None:
@@ -150,12 +152,12 @@ def test_limits_apply() -> None:
     assert refused.value.code == "too_many_messages"
 
 
-def test_function_tools_become_client_tools_and_others_are_ignored() -> None:
+def test_function_tools_are_offered_and_other_types_are_not() -> None:
+    """Responses' flat function tools map to the neutral definition chat's tools map to too."""
     tools = [
         {"type": "function", "name": "lookup", "description": "Look up", "parameters": {"type": "object"}},
         {"type": "web_search"},
     ]
-    assert client_tools(request(input="x", tools=tools)) == [
-        {"name": "lookup", "description": "Look up", "parameters": {"type": "object"}}
+    assert functions(request(input="x", tools=tools)) == [
+        FunctionDefinition("lookup", "Look up", {"type": "object"})
     ]
-    assert client_tools(request(input="x", tools=tools, tool_choice="none")) == []

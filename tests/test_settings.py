@@ -33,7 +33,7 @@ def test_defaults_match_the_documentation(monkeypatch: pytest.MonkeyPatch) -> No
         "0.0.0.0",
         8080,
     )
-    assert settings.proxy_api_keys == [] and settings.proxy_tool_calls == "openai"
+    assert settings.proxy_api_keys == [] and settings.proxy_tool_calls == "reasoning"
 
 
 def test_a_bad_value_is_described_by_its_variable_without_its_value(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,7 +176,9 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
     """The agent's tool call is an OpenAI tool call; the tool's result is not shown."""
     message = (
-        completion(turn("send_message_tool_call.json"), TurnTranslator(), "c", 0, "bot").choices[0].message
+        completion(turn("send_message_tool_call.json"), TurnTranslator("openai"), "c", 0, "bot")
+        .choices[0]
+        .message
     )
     assert message.content == "Echo: /tool proxy"
     assert message.tool_calls == [
@@ -223,7 +225,7 @@ def test_token_stream_becomes_one_content_delta_per_token() -> None:
 
 def test_streamed_tool_call_fragments_stay_one_call() -> None:
     """The first fragment opens the call (id, type, name); later ones add arguments at the same index."""
-    out = deltas(TurnTranslator(), events(TOOL_STREAM))
+    out = deltas(TurnTranslator("openai"), events(TOOL_STREAM))
     calls = [call for d in out for call in d.tool_calls or []]
     assert [msgspec.to_builtins(call) for call in calls] == [
         {
@@ -250,7 +252,7 @@ def test_two_tool_calls_get_distinct_indexes() -> None:
         event(opening, tool_call=second, tool_calls=second),
         event(opening, tool_call={"arguments": "{}", "tool_call_id": "call_second"}),
     ]
-    out = deltas(TurnTranslator(), feed)
+    out = deltas(TurnTranslator("openai"), feed)
     assert [(c.index, c.id) for d in out for c in d.tool_calls or []] == [
         (0, "call_4b32ae8f8c024ffa8c26"),
         (1, "call_second"),

@@ -15,22 +15,24 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import msgspec
-from letta_client.types import MessageCreateParam
 
 from proxy.auth import Client
 from proxy.errors import ProxyError, bad_request
 from proxy.letta import Agent, Letta
+from proxy.letta_wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
 from proxy.responses.stream import ResponseFramer
-from proxy.responses.translate import turn_input
-from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Target, Turn
+from proxy.responses.translate import functions, turn_input
+from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Sent, Target, Turn
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import turn_frames
+from proxy.tools import client_tools
 from proxy.translate import TurnTranslator
 
 Answer = wire.Response | AsyncIterator[bytes]
+RECENT = 50  # messages looked through for the previous response's turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +49,11 @@ class Responses:
         self._chat = chat
         self._letta = letta
         self._settings = settings
-        # The agent's own tool calls were run by Letta: never function_call items, which a client would run.
-        tool_calls: ToolCallMode = "reasoning" if settings.proxy_tool_calls == "reasoning" else "drop"
-        self._tool_calls = tool_calls if settings.proxy_reasoning else "drop"
+        self._forward_tools = settings.proxy_client_tools == "forward"
+        # The agent's own tool calls were run by Letta: never function_call items, which a client would run;
+        # shown in the reasoning item, if there is one and PROXY_TOOL_CALLS says so.
+        shown = settings.proxy_reasoning and settings.proxy_tool_calls == "reasoning"
+        self._tool_calls: ToolCallMode = "reasoning" if shown else "drop"
 
     async def create(
         self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str]
@@ -62,17 +66,20 @@ class Responses:
         previous = None
         if request.previous_response_id:
             previous = read_response_id(request.previous_response_id, client.key)
-        outputs, message = turn_input(request, self._chat.limits, continuing=previous is not None)
-        messages: list[MessageCreateParam] = [*_tool_returns(outputs), *([message] if message else [])]
+        results, message = turn_input(request, self._chat.limits, continuing=previous is not None)
+        offered = client_tools(functions(request), request.tool_choice) if self._forward_tools else []
+        sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
         target, prepare = self._target(request, headers, previous)
-        turn = await self._chat.run(client, target, messages, stream=request.stream, prepare=prepare)
-        translator = TurnTranslator(self._tool_calls, self._settings.proxy_reasoning)
+        turn = await self._chat.run(client, target, sent, stream=request.stream, prepare=prepare)
+        translator = self._chat.translator(turn, self._tool_calls)
 
         def header(run_id: str | None) -> Header:
             return self._header(client, request, turn, run_id, created_at)
 
         if isinstance(turn.events, list):
-            run_id = next((event.run_id for event in turn.events if event.run_id), None)
+            run_id = next(
+                (event.run_id for event in turn.events if event.run_id and event.message_type != "ping"), None
+            )
             encoder = ResponseEncoder(header(run_id))
             for event in turn.events:
                 if (delta := translator.feed(event)) is not None:
@@ -108,7 +115,7 @@ class Responses:
                 raise bad_request(
                     f"previous_response_id belongs to another model than '{model}'.", param="model"
                 )
-            if await self._letta.latest_run(agent, conversation) != previous.run_id:
+            if not is_latest(await self._letta.recent_messages(agent, conversation, RECENT), previous.run_id):
                 raise ProxyError(
                     409,
                     "previous_response_id is not the latest response of its conversation: the agent's "
@@ -147,12 +154,15 @@ class Responses:
         )
 
 
-def _tool_returns(outputs: list[dict[str, str]]) -> list[MessageCreateParam]:
-    """The client's results for the tools the agent called, as one Letta tool_return message."""
-    if not outputs:
-        return []
-    returns = [
-        {"type": "tool", "tool_call_id": o["call_id"], "status": "success", "tool_return": o["output"]}
-        for o in outputs
-    ]
-    return [{"type": "tool_return", "tool_returns": returns}]  # type: ignore[list-item]
+def is_latest(newest_first: list[LettaMessage], run_id: str) -> bool:
+    """Whether no user message came into the history after the turn `run_id` began.
+
+    The turn's own later Letta requests (tool results, denials) do not count; a continuation older than
+    the messages looked through is refused too.
+    """
+    for message in newest_first:
+        if message.run_id == run_id:
+            return True
+        if message.message_type == "user_message":
+            return False
+    return False

@@ -1,7 +1,8 @@
 """The Responses API's SSE: `event:` and `data:` lines, `response.created` first, no `[DONE]`.
 
-The response's id names Letta's run, which the first Letta event carries, so the opening events wait
-for that event; it is already in when the stream opens (Letta's stream is read before the 200).
+The response's id names Letta's run, which Letta's events carry, so the opening events wait for the
+first event of the turn's run that is not a ping (a ping may be of a Letta request that was refused
+and sent again); meanwhile a quiet stream gets keepalive comments.
 """
 
 from collections.abc import Callable
@@ -36,6 +37,8 @@ class ResponseFramer:
         return b""
 
     def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
+        if self._encoder is None and (event.message_type == "ping" or not event.run_id):
+            return b""  # a ping may come from a Letta request refused and sent again: not the turn's run
         encoder = self._started(event.run_id)
         return frames([*self._take_opening(), *(encoder.feed(delta, event.id) if delta else ())])
 

@@ -13,7 +13,9 @@ from typing import Any, cast
 from letta_client.types import MessageCreateParam
 
 from proxy.errors import bad_request
+from proxy.protocol import FunctionDefinition
 from proxy.responses.protocol import InputItem, InputPart, ResponseRequest
+from proxy.tools import ToolResult
 from proxy.translate import Limits, image_part, sender_name, text_length, with_system_block
 
 TURN_BOUNDARIES = ("function_call",)  # besides assistant messages: items the agent produced
@@ -22,7 +24,7 @@ SKIPPED = ("reasoning",)  # the model's own output, sent back by some clients; n
 
 def turn_input(
     request: ResponseRequest, limits: Limits, *, continuing: bool
-) -> tuple[list[dict[str, str]], MessageCreateParam | None]:
+) -> tuple[list[ToolResult], MessageCreateParam | None]:
     """The new function outputs (call id, output) and the new user message, if any; a 400 if neither.
 
     `continuing`: the request names a previous response, so its `instructions` were seen already.
@@ -37,7 +39,7 @@ def turn_input(
             code="too_many_messages",
         )
     last = max((i for i, item in enumerate(items) if _produced_by_agent(item)), default=-1)
-    outputs: list[dict[str, str]] = []
+    outputs: list[ToolResult] = []
     user_parts: list[dict[str, Any]] = []
     system: list[str] = []
     if request.instructions and not continuing and last == -1:
@@ -46,9 +48,7 @@ def turn_input(
         item, where = items[index], f"input[{index}]"
         kind = item.type or ("message" if item.role else None)
         if kind == "function_call_output":
-            outputs.append(
-                {"call_id": _required(item.call_id, f"{where}.call_id"), "output": _output(item, where)}
-            )
+            outputs.append(ToolResult(_required(item.call_id, f"{where}.call_id"), _output(item, where)))
         elif kind == "message" and item.role == "user":
             user_parts += _parts(item, where, limits)
         elif kind == "message" and item.role in ("system", "developer"):
@@ -68,7 +68,7 @@ def turn_input(
         )
     if message is not None and limits.system_messages == "forward":
         message = with_system_block(message, system)
-    text = sum(len(o["output"]) for o in outputs) + (text_length(message["content"]) if message else 0)
+    text = sum(len(result.output) for result in outputs) + (text_length(message["content"]) if message else 0)
     if text > limits.text_chars:
         raise bad_request(
             f"The new input holds more than {limits.text_chars} characters of text.",
@@ -78,12 +78,11 @@ def turn_input(
     return outputs, message
 
 
-def client_tools(request: ResponseRequest) -> list[dict[str, Any]]:
-    """The request's `function` tools in Letta's client-tool shape; other tool types are not forwarded."""
-    if request.tool_choice == "none":
-        return []
+def functions(request: ResponseRequest) -> list[FunctionDefinition]:
+    """The request's `function` tools; other types (web_search, file_search...) have nothing to call in
+    Letta and are not forwarded."""
     return [
-        {"name": tool.name, "description": tool.description or "", "parameters": tool.parameters or {}}
+        FunctionDefinition(tool.name, tool.description, tool.parameters)
         for tool in request.tools or ()
         if tool.type == "function" and tool.name
     ]

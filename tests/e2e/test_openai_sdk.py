@@ -146,25 +146,24 @@ def test_stream_wire_framing(proxy_url: str, api_key: str, agent: AgentState):
 
 
 def test_tool_call_sync(client: openai.OpenAI, agent: AgentState):
-    """A turn in which the agent calls a tool reports that call and then its final answer."""
+    """The agent's own tool call (Letta ran it) is told as reasoning_content, never as tool_calls a client
+    would try to run; then its final answer."""
     resp = client.chat.completions.create(
         model=agent.name, messages=[{"role": "user", "content": "/tool something"}]
     )
     choice = resp.choices[0]
     assert choice.message.content == "Echo: /tool something"
     assert choice.finish_reason == "stop"
-    calls = choice.message.tool_calls
-    assert calls, "the agent's conversation_search call is missing"
-    call = calls[0]
-    assert call.type == "function"
-    assert call.id
-    assert call.function.name == "conversation_search"
-    assert isinstance(json.loads(call.function.arguments), dict)
+    assert not choice.message.tool_calls
+    reasoning = getattr(choice.message, "reasoning_content", None) or ""
+    name, _, arguments = reasoning.removeprefix("Tool call ").partition(": ")
+    assert name == "conversation_search"
+    assert isinstance(json.loads(arguments), dict)
     _assert_usage(resp.usage)
 
 
 def test_tool_call_stream(client: openai.OpenAI, agent: AgentState):
-    """A streamed tool-call turn sends tool_call deltas that assemble into a valid call, then the answer."""
+    """A streamed turn with the agent's own tool call tells it as reasoning_content, then the answer."""
     chunks = _stream(
         client,
         model=agent.name,
@@ -178,22 +177,11 @@ def test_tool_call_stream(client: openai.OpenAI, agent: AgentState):
 
     deltas = [c.choices[0].delta for c in choice_chunks]
     assert deltas[0].role == "assistant"
-    calls: dict[int, dict[str, str]] = {}
-    for d in deltas:
-        for tc in d.tool_calls or []:
-            call = calls.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
-            if tc.id:
-                assert not call["id"] or call["id"] == tc.id, "a tool call changed id mid-stream"
-                call["id"] = tc.id
-            if tc.function and tc.function.name:
-                call["name"] += tc.function.name
-            if tc.function and tc.function.arguments:
-                call["arguments"] += tc.function.arguments
-    assert calls, "no tool_call deltas in the stream"
-    first = calls[min(calls)]
-    assert first["id"]
-    assert first["name"] == "conversation_search"
-    assert isinstance(json.loads(first["arguments"]), dict)
+    assert not any(d.tool_calls for d in deltas), "the agent's own call must not be a tool_call"
+    reasoning = "".join(getattr(d, "reasoning_content", None) or "" for d in deltas)
+    name, _, arguments = reasoning.removeprefix("Tool call ").partition(": ")
+    assert name == "conversation_search"
+    assert isinstance(json.loads(arguments), dict)
 
     assert "".join(d.content or "" for d in deltas) == "Echo: /tool something"
     assert choice_chunks[-1].choices[0].finish_reason == "stop"

@@ -287,12 +287,9 @@ def broken_agent(make_agent: Callable[[], AgentState], letta: Letta) -> AgentSta
 
 
 def _complete(litellm: ModuleType, proxy_url: str, api_key: str, agent_name: str, text: str, **kwargs: Any):
+    kwargs.setdefault("messages", [{"role": "user", "content": text}])
     return litellm.completion(
-        model=f"openai/{agent_name}",
-        api_base=f"{proxy_url}/v1",
-        api_key=api_key,
-        messages=[{"role": "user", "content": text}],
-        **kwargs,
+        model=f"openai/{agent_name}", api_base=f"{proxy_url}/v1", api_key=api_key, **kwargs
     )
 
 
@@ -420,45 +417,61 @@ def test_library_wrong_key_is_authentication_error(litellm: ModuleType, proxy_ur
     assert isinstance(exc.value, litellm.AuthenticationError), f"{type(exc.value).__name__}: {exc.value}"
 
 
-def test_library_tool_call(litellm: ModuleType, wire: Wire, proxy_url: str, api_key: str, agent: AgentState):
-    """A /tool turn: the call and the final answer come through; LiteLLM turns our "stop" into "tool_calls".
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
-    The proxy says ``stop`` (Letta ran the tool; the turn is over), but LiteLLM rewrites ``stop`` to
-    ``tool_calls`` whenever a message carries tool calls (convert_dict_to_response.py), so a LiteLLM
-    client in an agent loop would try to run ``conversation_search`` itself. ``PROXY_TOOL_CALLS=reasoning``
-    or ``drop`` avoids that (see deploy/litellm/README.md).
-    """
+
+def test_library_own_tool_call_is_not_a_tool_call(
+    litellm: ModuleType, wire: Wire, proxy_url: str, api_key: str, agent: AgentState
+):
+    """A /tool turn: the agent's own call (Letta ran it) is reasoning_content, so LiteLLM, which rewrites
+    "stop" to "tool_calls" whenever an answer carries tool calls, no longer tells its caller to run it."""
     wire.clear()
-    resp = _complete(litellm, proxy_url, api_key, agent.name, "/tool litellm")
+    resp = _complete(litellm, proxy_url, api_key, agent.name, "/tool litellm", tools=[WEATHER])
     message = resp.choices[0].message
     assert message.content == "Echo: /tool litellm"
-    assert message.tool_calls and message.tool_calls[0].function.name == "conversation_search"
-    assert isinstance(json.loads(message.tool_calls[0].function.arguments), dict)
-    assert message.tool_calls[0].id
-    assert wire.last_chat().json()["choices"][0]["finish_reason"] == "stop"
-    assert resp.choices[0].finish_reason == "tool_calls"
+    assert not message.tool_calls
+    assert resp.choices[0].finish_reason == "stop"
+    assert (
+        "Tool call conversation_search"
+        in wire.last_chat().json()["choices"][0]["message"]["reasoning_content"]
+    )
     _assert_usage(resp.usage)
 
 
-def test_library_tool_call_stream(litellm: ModuleType, proxy_url: str, api_key: str, agent: AgentState):
-    """A streamed /tool turn: tool-call deltas that LiteLLM assembles into one call, then the answer."""
-    chunks = list(
-        _complete(
-            litellm,
-            proxy_url,
-            api_key,
-            agent.name,
-            "/tool streamed",
-            stream=True,
-            stream_options={"include_usage": True},
+@pytest.mark.parametrize("stream", [False, True], ids=["sync", "stream"])
+def test_library_client_tool_loop(
+    litellm: ModuleType, proxy_url: str, api_key: str, agent: AgentState, stream: bool
+):
+    """litellm.completion with tools: the agent's call comes back as tool_calls, the caller's result goes
+    back as a tool message, and the agent's answer quotes it."""
+    text = f'/call get_weather {{"city": "Quito-{_marker()}"}}'
+    messages: list[Any] = [{"role": "user", "content": text}]
+
+    def ask() -> Any:
+        resp = _complete(
+            litellm, proxy_url, api_key, agent.name, "", tools=[WEATHER], stream=stream, messages=messages
         )
+        return litellm.stream_chunk_builder(list(resp), messages=messages) if stream else resp
+
+    first = ask()
+    assert first.choices[0].finish_reason == "tool_calls"
+    (call,) = first.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments)["city"].startswith(
+        "Quito-"
     )
-    assert _content_of(chunks) == "Echo: /tool streamed"
-    rebuilt = litellm.stream_chunk_builder(chunks)
-    calls = rebuilt.choices[0].message.tool_calls
-    assert calls and calls[0].function.name == "conversation_search"
-    assert isinstance(json.loads(calls[0].function.arguments), dict)
-    _assert_usage(_chunk_usage(chunks))
+    messages += [
+        first.choices[0].message.model_dump(),
+        {"role": "tool", "tool_call_id": call.id, "content": "hail"},
+    ]
+    answer = ask().choices[0].message.content
+    assert answer.startswith(f"Echo: {text} | get_weather returned: ") and "hail" in answer
 
 
 # ---------------------------------------------------------------- the health-check probe, library level
@@ -741,6 +754,22 @@ def test_server_stream(litellm_server: LiteLLMServer, letta: Letta):
     usages = [c.usage for c in chunks if c.usage is not None]
     assert len(usages) == 1
     assert _assert_usage(usages[0]) == _letta_usage(letta, server.agent.id)
+
+
+def test_server_client_tool_loop(litellm_server: LiteLLMServer):
+    """Through the LiteLLM server: tool_calls out, the tool message back, the answer quoting the result."""
+    server = litellm_server
+    text = f'/call get_weather {{"city": "Accra-{_marker()}"}}'
+    messages: list[Any] = [{"role": "user", "content": text}]
+    with server.client() as client:
+        first = client.chat.completions.create(model=server.agent.name, messages=messages, tools=[WEATHER])
+        assert first.choices[0].finish_reason == "tool_calls"
+        (call,) = first.choices[0].message.tool_calls or []
+        assert call.function.name == "get_weather"
+        messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "mist"}]
+        answer = client.chat.completions.create(model=server.agent.name, messages=messages, tools=[WEATHER])
+    content = answer.choices[0].message.content or ""
+    assert content.startswith(f"Echo: {text} | get_weather returned: ") and "mist" in content
 
 
 def test_server_model_not_configured_is_400(litellm_server: LiteLLMServer):

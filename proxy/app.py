@@ -52,7 +52,7 @@ def create_app(settings: Settings) -> Litestar:
             "letta": _singleton(letta),
             "routing": _singleton(routing),
             "chat": _singleton(chat),
-            "responses": _singleton(Responses(chat, letta, settings)),
+            "responses": _singleton(Responses(chat, letta, routing, settings)),
         },
         exception_handlers=exception_handlers,
         on_shutdown=[letta.aclose, store.aclose],

@@ -24,10 +24,13 @@ from proxy.errors import ProxyError, upstream_failure
 from proxy.letta_wire import (
     LettaMessage,
     LettaTurn,
+    RunRecord,
     SSEDecoder,
     decode_agents,
     decode_messages,
+    decode_run,
     decode_turn,
+    decode_usage,
 )
 from proxy.settings import Settings
 
@@ -42,6 +45,7 @@ READY_TIMEOUT = 5.0
 LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
+RUN_MESSAGES = 1000  # messages of one past turn read back, at most
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,3 +428,20 @@ class Letta:
         except UPSTREAM_ERRORS as exc:
             raise _upstream_error(exc, sent=False, secret=self._secret) from exc
         return found.agent_id
+
+    async def run(self, run_id: str) -> tuple[RunRecord, list[LettaMessage], LettaMessage] | None:
+        """A past turn as Letta keeps it: the run, its messages (oldest first) and its usage; None if gone."""
+        try:
+            run, messages, usage = await asyncio.gather(
+                self._get(f"/v1/runs/{run_id}", {}),
+                self._get(f"/v1/runs/{run_id}/messages", {"limit": RUN_MESSAGES, "order": "asc"}),
+                self._get(f"/v1/runs/{run_id}/usage", {}),
+            )
+        except letta_client.NotFoundError:
+            return None
+        except UPSTREAM_ERRORS as exc:
+            raise _upstream_error(exc, sent=False, secret=self._secret) from exc
+        return decode_run(run.content), decode_messages(messages.content), decode_usage(usage.content)
+
+    async def _get(self, path: str, params: dict[str, object]) -> httpx.Response:
+        return await self._client.get(path, cast_to=httpx.Response, options={"params": params})

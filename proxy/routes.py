@@ -5,7 +5,7 @@ from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 
 from proxy import protocol
@@ -92,6 +92,18 @@ async def create_response(
     return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
+@get(
+    "/responses/{response_id:str}",
+    summary="A past response, rebuilt from the agent's Letta run",
+    responses={401: _ERROR, 404: _ERROR, 502: _ERROR, 503: _ERROR, 504: _ERROR},
+)
+async def retrieve_response(
+    request: Request, response_id: FromPath[str], responses: NamedDependency[Responses]
+) -> responses_wire.Response:
+    """Served from Letta's history: the proxy keeps no copy of what it answered."""
+    return await responses.retrieve(request.state.client, response_id)
+
+
 @get("/health", summary="Liveness: the process is up", security=[{}])
 async def health() -> protocol.Health:
     """No key and no Letta call: for liveness probes."""
@@ -118,5 +130,9 @@ async def metrics() -> Response[bytes]:
     return Response(body, media_type=media_type)
 
 
-v1 = Router("/v1", route_handlers=[list_models, chat_completions, create_response], guards=[require_key])
+v1 = Router(
+    "/v1",
+    route_handlers=[list_models, chat_completions, create_response, retrieve_response],
+    guards=[require_key],
+)
 probes = [health, ready]

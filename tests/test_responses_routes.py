@@ -11,6 +11,7 @@ from proxy.letta_wire import LettaMessage
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
 from proxy.responses.serving import is_latest
 from tests.conftest import AGENT, KEY, sse
+from tests.letta_captures import wire
 from tests.test_routes import assert_openai_error, sent_body
 
 RESPONSES = "/v1/responses"
@@ -164,3 +165,28 @@ def test_a_previous_response_is_latest_until_a_user_message_follows_it() -> None
         [_message("assistant_message", "run-c"), _message("user_message", "run-c"), *mine], "run-a"
     )
     assert not is_latest(own, "run-a")  # not among the newest messages at all
+
+
+def test_get_rebuilds_a_response_from_its_letta_run(client: TestClient, letta: respx.MockRouter) -> None:
+    """The run's messages, stop reason and usage make the same response again; a vanished run is a 404."""
+    made = client.post(RESPONSES, json=HELLO).json()
+    captured = wire("send_message.json")
+    run = {
+        "id": CAPTURED_RUN,
+        "status": "completed",
+        "stop_reason": "end_turn",
+        "created_at": "2026-11-23T03:45:57",
+    }
+    letta.get(f"/v1/runs/{CAPTURED_RUN}").mock(return_value=httpx.Response(200, json=run))
+    user = {"id": "message-0", "message_type": "user_message", "run_id": CAPTURED_RUN, "content": "hello"}
+    messages = letta.get(f"/v1/runs/{CAPTURED_RUN}/messages").mock(
+        return_value=httpx.Response(200, json=[user, *captured["messages"]])
+    )
+    letta.get(f"/v1/runs/{CAPTURED_RUN}/usage").mock(return_value=httpx.Response(200, json=captured["usage"]))
+    again = client.get(f"{RESPONSES}/{made['id']}").json()
+    assert again["output"] == made["output"] and again["usage"] == made["usage"]
+    assert (again["id"], again["status"]) == (made["id"], "completed")
+    messages.mock(return_value=httpx.Response(404, json={"detail": "gone"}))
+    assert_openai_error(client.get(f"{RESPONSES}/{made['id']}"), 404, "response_not_found")
+    other = make_response_id(ResponseRef(AGENT["id"], None, CAPTURED_RUN), b"sk-other")
+    assert_openai_error(client.get(f"{RESPONSES}/{other}"), 404, "response_not_found")

@@ -17,14 +17,15 @@ from typing import Any, cast
 import msgspec
 
 from proxy.auth import Client
-from proxy.errors import ProxyError, bad_request
+from proxy.errors import ProxyError, bad_request, upstream_failure
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
-from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
+from proxy.responses.ids import ResponseRef, make_response_id, not_found, read_response_id
 from proxy.responses.stream import ResponseFramer
 from proxy.responses.translate import functions, turn_input
+from proxy.routing import Routing
 from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Sent, Target, Turn
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import turn_frames
@@ -45,9 +46,10 @@ class Served:
 
 
 class Responses:
-    def __init__(self, chat: Chat, letta: Letta, settings: Settings) -> None:
+    def __init__(self, chat: Chat, letta: Letta, routing: Routing, settings: Settings) -> None:
         self._chat = chat
         self._letta = letta
+        self._routing = routing
         self._settings = settings
         self._forward_tools = settings.proxy_client_tools == "forward"
         # The agent's own tool calls were run by Letta: never function_call items, which a client would run;
@@ -93,6 +95,46 @@ class Responses:
             idle_seconds=self._settings.proxy_keepalive_seconds,
         )
         return Served(framed, turn.agent.name, translator)
+
+    async def retrieve(self, client: Client, response_id: str) -> wire.Response:
+        """A past response, rebuilt from the Letta run its id names (the proxy stores nothing).
+
+        Only a turn that Letta's run holds whole: one that stopped on a tool call may have gone on in
+        another run (an approval the proxy denied), so it is not rebuilt; nor is a run Letta no longer has.
+        """
+        ref = read_response_id(response_id, client.key, param="response_id")
+        agent = next((a for a in await self._routing.visible(client) if a.id == ref.agent_id), None)
+        found = await self._letta.run(ref.run_id) if agent is not None and ref.run_id else None
+        if agent is None or found is None:
+            raise not_found(response_id, "response_id")
+        run, messages, usage = found
+        if run.stop_reason == "requires_approval":
+            raise ProxyError(
+                404,
+                f"Response '{response_id[:100]}' cannot be rebuilt from Letta: its turn stopped on a tool "
+                "call, and what followed is not in its run.",
+                code="response_not_found",
+                param="response_id",
+            )
+        created_at = int(run.created_at.timestamp()) if run.created_at else 0
+        encoder = ResponseEncoder(Header(response_id, created_at, agent.name))
+        translator = TurnTranslator(self._tool_calls, self._settings.proxy_reasoning)
+        try:
+            for message in messages:
+                if (delta := translator.feed(message)) is not None:
+                    encoder.feed(delta, message.id)
+            translator.count(usage)
+            if run.status == "completed":
+                translator.stop(run.stop_reason or "end_turn")
+                encoder.finish(translator.finish_reason, translator.usage)
+                return cast(wire.Response, encoder.result)
+        except ProxyError as error:
+            encoder.fail(error)
+            return cast(wire.Response, encoder.result)
+        if run.status in ("failed", "cancelled"):
+            encoder.fail(upstream_failure(f"The agent's turn {run.status} in Letta.", code=run.stop_reason))
+            return cast(wire.Response, encoder.result)
+        return encoder.response("in_progress", translator.usage)
 
     def _target(
         self, request: wire.ResponseRequest, headers: Mapping[str, str], previous: ResponseRef | None

@@ -163,3 +163,22 @@ def test_a_client_resending_its_whole_input_sends_only_what_is_new(
     answer = client.responses.create(model=agent.name, input=history, tools=[WEATHER])
     assert "rain" in answer.output_text
     assert user_texts(letta, agent.id) == [text]
+
+
+def test_a_response_is_retrieved_from_lettas_run(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState]
+) -> None:
+    """GET /v1/responses/{id} rebuilds the answer from the Letta run the id names: same text, items, usage."""
+    agent = make_agent()
+    text = f"remember me {_marker()}"
+    made = client.responses.create(model=agent.name, input=text)
+    again = client.responses.retrieve(made.id)
+    assert again.id == made.id and again.status == "completed" and again.model == agent.name
+    assert again.output_text == made.output_text == f"Echo: {text}"
+    assert [item.id for item in again.output] == [item.id for item in made.output]
+    assert again.usage == made.usage
+    asked = client.responses.create(model=agent.name, input=_call("Rome"), tools=[WEATHER])
+    with pytest.raises(openai.NotFoundError):  # its turn waits on a tool call: not whole in its run
+        client.responses.retrieve(asked.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve("resp_" + "A" * 40)

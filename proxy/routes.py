@@ -1,5 +1,6 @@
 """The HTTP handlers: parse, call, answer. Thin on purpose; the work is in serving, translate and stream."""
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
@@ -16,7 +17,7 @@ from proxy.observe import exposition
 from proxy.responses import protocol as responses_wire
 from proxy.responses.serving import Responses
 from proxy.routing import Routing
-from proxy.serving import Chat
+from proxy.serving import Chat, Served, Whole
 
 _ERROR = ResponseSpec(protocol.ErrorBody, description="An OpenAI error", generate_examples=False)
 ERRORS = {status: _ERROR for status in (400, 401, 404, 413, 429, 502, 503, 504)}
@@ -57,11 +58,7 @@ async def chat_completions(
     request: Request, data: JSONBody[protocol.ChatCompletionRequest], chat: NamedDependency[Chat]
 ) -> Response[protocol.ChatCompletion] | Stream:
     """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
-    served = await chat.serve(request.state.client, data, request.headers)
-    request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
-    if isinstance(served.answer, protocol.ChatCompletion):
-        return Response(served.answer)
-    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
+    return _reply(request, await chat.serve(request.state.client, data, request.headers))
 
 
 @post(
@@ -85,11 +82,7 @@ async def create_response(
     responses: NamedDependency[Responses],
 ) -> Response[responses_wire.Response] | Stream:
     """One agent turn in the Responses format, over the same turn path as chat completions."""
-    served = await responses.create(request.state.client, data, request.headers)
-    request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
-    if isinstance(served.answer, responses_wire.Response):
-        return Response(served.answer)
-    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
+    return _reply(request, await responses.create(request.state.client, data, request.headers))
 
 
 @get(
@@ -102,6 +95,14 @@ async def retrieve_response(
 ) -> responses_wire.Response:
     """Served from Letta's history: the proxy keeps no copy of what it answered."""
     return await responses.retrieve(request.state.client, response_id)
+
+
+def _reply(request: Request, served: Served[Whole]) -> Response[Whole] | Stream:
+    """The answer whole, or as an event stream; its agent and turn noted for the access log."""
+    request.state.agent, request.state.turn = served.agent, served.turn
+    if isinstance(served.answer, msgspec.Struct):
+        return Response(served.answer)
+    return Stream(served.answer, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 @get("/health", summary="Liveness: the process is up", security=[{}])

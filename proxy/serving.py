@@ -9,7 +9,9 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
+import msgspec
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy import protocol
@@ -36,6 +38,7 @@ HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
 CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
+Whole = TypeVar("Whole", bound=msgspec.Struct)  # a whole answer: a chat.completion, a response
 Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
 Prepare = Callable[[Agent, str | None], Awaitable[None]]
 
@@ -81,10 +84,10 @@ class Turn:
 
 
 @dataclass(frozen=True, slots=True)
-class Served:
-    """The answer (a completion, or stream frames), and what the access log says of it."""
+class Served(Generic[Whole]):
+    """The answer (whole, or stream frames), and what the access log says of it."""
 
-    answer: Answer
+    answer: Whole | AsyncIterator[bytes] | list[bytes]
     agent: str | None = None
     turn: TurnTranslator | None = None
 
@@ -110,7 +113,7 @@ class Chat:
 
     async def serve(
         self, client: Client, request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
-    ) -> Served:
+    ) -> Served[protocol.ChatCompletion]:
         header = ChunkHeader(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model or LOCAL_MODEL)
         include_usage = request.stream_options is not None and request.stream_options.include_usage
         if self._settings.proxy_task_requests == "skip" and (task := detect_task(request.messages, headers)):
@@ -129,7 +132,7 @@ class Chat:
         headers: Mapping[str, str],
         header: ChunkHeader,
         include_usage: bool,
-    ) -> Served:
+    ) -> Served[protocol.ChatCompletion]:
         """A real turn, answered as a chat.completion or its chunks."""
         forward = self._settings.proxy_client_tools == "forward"
         offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []

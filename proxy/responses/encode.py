@@ -22,6 +22,29 @@ INCOMPLETE = {"length": "max_output_tokens"}  # chat finish reasons that leave a
 
 
 @dataclass(frozen=True, slots=True)
+class _Part:
+    """How the one text part of a message (output_text) or of a reasoning item (summary_text) is told."""
+
+    events: str  # the events' stem: response.<stem>_part.added, response.<text>.delta ...
+    text: str
+    index: str  # the event field that says which part
+    make: type[wire.OutputText] | type[wire.SummaryText]
+    logprobs: bool  # output text carries (empty) logprobs
+
+    def fields(self, item: "_Item", **more: Any) -> dict[str, Any]:
+        extra = {"logprobs": []} if self.logprobs and "part" not in more else {}
+        return {"output_index": item.index, "item_id": item.id, self.index: 0, **extra, **more}
+
+
+PARTS = {
+    "message": _Part("content", "output_text", "content_index", wire.OutputText, logprobs=True),
+    "reasoning": _Part(
+        "reasoning_summary", "reasoning_summary_text", "summary_index", wire.SummaryText, False
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
 class Header:
     """What the response repeats from its request, and its identity."""
 
@@ -121,27 +144,8 @@ class ResponseEncoder:
             item = self._start(kind, source)
             events += self._opened(item)
         item.text.append(text)
-        if kind == "message":
-            events.append(
-                self._event(
-                    "response.output_text.delta",
-                    output_index=item.index,
-                    item_id=item.id,
-                    content_index=0,
-                    delta=text,
-                    logprobs=[],
-                )
-            )
-        else:
-            events.append(
-                self._event(
-                    "response.reasoning_summary_text.delta",
-                    output_index=item.index,
-                    item_id=item.id,
-                    summary_index=0,
-                    delta=text,
-                )
-            )
+        part = PARTS[kind]
+        events.append(self._event(f"response.{part.text}.delta", **part.fields(item, delta=text)))
         return events
 
     def _tool_call(self, call: protocol.ToolCallDelta) -> list[wire.Event]:
@@ -180,25 +184,9 @@ class ResponseEncoder:
         events = [
             self._event("response.output_item.added", output_index=item.index, item=self._snapshot(item))
         ]
-        if item.kind == "message":
+        if part := PARTS.get(item.kind):
             events.append(
-                self._event(
-                    "response.content_part.added",
-                    output_index=item.index,
-                    item_id=item.id,
-                    content_index=0,
-                    part=wire.OutputText(""),
-                )
-            )
-        elif item.kind == "reasoning":
-            events.append(
-                self._event(
-                    "response.reasoning_summary_part.added",
-                    output_index=item.index,
-                    item_id=item.id,
-                    summary_index=0,
-                    part=wire.SummaryText(""),
-                )
+                self._event(f"response.{part.events}_part.added", **part.fields(item, part=part.make("")))
             )
         return events
 
@@ -206,25 +194,14 @@ class ResponseEncoder:
         item, self._open = self._open, None
         if item is None:
             return []
-        text, where = "".join(item.text), {"output_index": item.index, "item_id": item.id}
-        if item.kind == "message":
+        text = "".join(item.text)
+        if part := PARTS.get(item.kind):
             events = [
-                self._event("response.output_text.done", **where, content_index=0, text=text, logprobs=[]),
-                self._event(
-                    "response.content_part.done", **where, content_index=0, part=wire.OutputText(text)
-                ),
-            ]
-        elif item.kind == "reasoning":
-            events = [
-                self._event("response.reasoning_summary_text.done", **where, summary_index=0, text=text),
-                self._event(
-                    "response.reasoning_summary_part.done",
-                    **where,
-                    summary_index=0,
-                    part=wire.SummaryText(text),
-                ),
+                self._event(f"response.{part.text}.done", **part.fields(item, text=text)),
+                self._event(f"response.{part.events}_part.done", **part.fields(item, part=part.make(text))),
             ]
         else:
+            where = {"output_index": item.index, "item_id": item.id}
             events = [
                 self._event("response.function_call_arguments.done", **where, arguments=text, name=item.name)
             ]

@@ -10,8 +10,7 @@ history.
 """
 
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any, cast
 
 import msgspec
@@ -26,23 +25,13 @@ from proxy.responses.ids import ResponseRef, make_response_id, not_found, read_r
 from proxy.responses.stream import ResponseFramer
 from proxy.responses.translate import functions, turn_input
 from proxy.routing import Routing
-from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Sent, Target, Turn
+from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Sent, Served, Target, Turn
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import turn_frames
 from proxy.tools import client_tools
 from proxy.translate import TurnTranslator
 
-Answer = wire.Response | AsyncIterator[bytes]
 RECENT = 50  # messages looked through for the previous response's turn
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """The answer, and what the access log says of it."""
-
-    answer: Answer
-    agent: str
-    turn: TurnTranslator
 
 
 class Responses:
@@ -59,7 +48,7 @@ class Responses:
 
     async def create(
         self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str]
-    ) -> Served:
+    ) -> Served[wire.Response]:
         created_at = int(time.time())
         if request.previous_response_id and request.conversation_id:
             raise bad_request(

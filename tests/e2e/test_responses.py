@@ -182,3 +182,23 @@ def test_a_response_is_retrieved_from_lettas_run(
         client.responses.retrieve(asked.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve("resp_" + "A" * 40)
+
+
+def test_a_turn_that_fails_in_letta_is_a_clean_error_sent_once(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState], letta: Letta
+) -> None:
+    """An agent whose LLM is unreachable: whole, an HTTP 5xx that SDKs must not retry; streamed (Letta's
+    stream opens before the LLM fails), response.created then response.failed with a server_error.
+    Each reaches Letta once."""
+    agent = make_agent()
+    config = agent.llm_config.model_dump()
+    config["model_endpoint"] = "http://127.0.0.1:9/v1"  # the discard port: nothing listens
+    letta.agents.update(agent.id, llm_config=config)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.responses.create(model=agent.name, input="fail whole")
+    assert failed.value.status_code >= 500 and failed.value.response.headers["x-should-retry"] == "false"
+    with client.responses.stream(model=agent.name, input="fail streamed") as stream:
+        events = list(stream)
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.status == "failed" and events[-1].response.error.code == "server_error"
+    assert len(runs(letta, agent.id)) == 2

@@ -95,6 +95,7 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
     with mocked_letta() as letta:
         letta.get("/v1/agents/").mock(side_effect=lambda request: agents_page(request, [AGENT]))
         letta.post(f"/v1/agents/{AGENT['id']}/messages").mock(side_effect=turn)
+        letta.get(url__regex=r"/v1/conversations/[^/]+$").mock(return_value=httpx.Response(404, json={}))
         settings_ = make_settings(Path(tmp_path_factory.mktemp("fuzz")), proxy_agent_cache_seconds=60)
         with TestClient(create_app(settings_)) as client:
             client.headers["X-Api-Key"] = KEY
@@ -136,3 +137,66 @@ def test_arbitrary_bytes_on_every_route(
 ) -> None:
     """Raw bytes with any content type, on each route and a few near it."""
     check(fuzz_client.post(path, content=body, headers={"content-type": content_type}))
+
+
+RESPONSES = "/v1/responses"
+input_parts = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(["input_text", "input_image", "input_file", "output_text", ""])
+        | st.text(max_size=6)
+    },
+    optional={
+        "text": st.text(max_size=30) | json_values,
+        "image_url": st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "https://x/y.png", ""])
+        | json_values,
+    },
+)
+items = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(["message", "function_call", "function_call_output", "reasoning", "x"])
+        | json_values,
+        "role": st.sampled_from(["user", "assistant", "system", "developer", "tool"]) | json_values,
+        "content": st.text(max_size=30) | st.lists(input_parts, max_size=3) | json_values,
+        "call_id": st.text(max_size=8) | json_values,
+        "output": st.text(max_size=20) | st.lists(input_parts, max_size=2) | json_values,
+        "name": st.text(max_size=8) | json_values,
+        "arguments": st.text(max_size=8) | json_values,
+    },
+)
+responses_requests = st.fixed_dictionaries(
+    {"input": st.text(max_size=30) | st.lists(items, max_size=5) | json_values},
+    optional={
+        "model": st.sampled_from([AGENT["name"], AGENT["id"], "nobody", ""]) | json_values,
+        "stream": st.booleans() | json_values,
+        "instructions": st.text(max_size=20) | json_values,
+        "previous_response_id": st.sampled_from(["resp_", "resp_AAAA", ""])
+        | st.text(max_size=40)
+        | json_values,
+        "conversation": st.text(max_size=12)
+        | st.fixed_dictionaries({"id": st.text(max_size=8)})
+        | json_values,
+        "tools": st.lists(
+            st.fixed_dictionaries(
+                {"type": st.sampled_from(["function", "web_search"])}, optional={"name": json_values}
+            ),
+            max_size=2,
+        )
+        | json_values,
+        "tool_choice": st.sampled_from(["none", "auto", "required", "bogus"]) | json_values,
+        "user": st.text(max_size=10) | json_values,
+    },
+)
+
+
+@settings(FUZZ, max_examples=600)
+@given(body=responses_requests)
+def test_near_valid_responses_requests(fuzz_client: TestClient, body: dict[str, object]) -> None:
+    """Responses requests of the right outline with odd values: errors in OpenAI's shape, streams that
+    end in response.completed or response.failed."""
+    response = fuzz_client.post(RESPONSES, json=body)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        last = [frame for frame in response.text.split("\n\n") if frame][-1]
+        assert last.startswith(("event: response.completed\n", "event: response.failed\n")), last
+    else:
+        check(response)

@@ -131,6 +131,7 @@ def test_images_are_data_urls_or_urls_on_allowed_hosts() -> None:
         ([{"type": "item_reference", "id": "msg_1"}], "input[0].type"),
         ([user([{"type": "input_file", "file_id": "f"}])], "input[0].content[0].type"),
         ([{"type": "function_call_output", "output": "x"}], "input[0].call_id"),
+        ([{"type": "function_call_output", "call_id": "c"}], "input[0].output"),
         (
             [{"role": "system", "content": [{"type": "input_image", "image_url": PNG}]}, user("x")],
             "input[0].content[0].type",

@@ -215,3 +215,25 @@ def test_usage_is_lettas() -> None:
     assert encoder.result is not None and encoder.result.usage is not None
     usage = encoder.result.usage
     assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (3, 4, 7)
+
+
+def test_the_response_is_named_after_the_run_of_its_first_message_not_a_ping() -> None:
+    """A ping may be of a Letta request that was refused and sent again (an agent left waiting)."""
+    refused_ping = event(
+        first("stream_tokens.sse", "ping"), run_id="run-00000000-0000-0000-0000-00000000000a"
+    )
+
+    async def source() -> AsyncGenerator[object, None]:
+        for item in [refused_ping, *events("stream_tokens.sse")]:
+            yield item
+
+    async def collect() -> str:
+        framer = ResponseFramer(lambda run_id: Header(f"resp_{run_id}", 0, "bot"))
+        return b"".join(
+            [f async for f in turn_frames(source(), TurnTranslator(), framer, idle_seconds=60)]
+        ).decode()
+
+    frames = [f for f in asyncio.run(collect()).split("\n\n") if f]
+    created = json.loads(frames[0].split("\ndata: ")[1])
+    assert created["type"] == "response.created"
+    assert created["response"]["id"] == "resp_run-3f2ac17e-ba87-4e44-9a22-bf784dbdd8c1"

@@ -37,7 +37,7 @@ class ResponseFramer:
         return b""
 
     def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
-        if self._encoder is None and (event.message_type == "ping" or not event.run_id):
+        if self._encoder is None and event.message_type == "ping":
             return b""  # a ping may come from a Letta request refused and sent again: not the turn's run
         encoder = self._started(event.run_id)
         return frames([*self._take_opening(), *(encoder.feed(delta, event.id) if delta else ())])

@@ -1,16 +1,18 @@
 """POST /v1/responses through the whole app, against a mocked Letta serving real captures."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import respx
 from litestar.testing import TestClient
 
+from proxy.app import create_app
 from proxy.letta_wire import LettaMessage
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
 from proxy.responses.serving import is_latest
-from tests.conftest import AGENT, KEY, sse
+from tests.conftest import AGENT, KEY, make_settings, sse
 from tests.letta_captures import wire
 from tests.test_routes import assert_openai_error, sent_body
 
@@ -190,3 +192,14 @@ def test_get_rebuilds_a_response_from_its_letta_run(client: TestClient, letta: r
     assert_openai_error(client.get(f"{RESPONSES}/{made['id']}"), 404, "response_not_found")
     other = make_response_id(ResponseRef(AGENT["id"], None, CAPTURED_RUN), b"sk-other")
     assert_openai_error(client.get(f"{RESPONSES}/{other}"), 404, "response_not_found")
+
+
+def test_function_outputs_are_a_400_when_client_tools_are_ignored(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """PROXY_CLIENT_TOOLS=ignore: a request with only function outputs has nothing for the agent."""
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "42"}
+    with TestClient(create_app(make_settings(tmp_path, proxy_client_tools="ignore"))) as client:
+        client.headers["Authorization"] = f"Bearer {KEY}"
+        error = assert_openai_error(client.post(RESPONSES, json={**HELLO, "input": [output]}), 400)
+    assert error["param"] == "input" and not letta["send"].called

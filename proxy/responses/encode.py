@@ -9,14 +9,16 @@ assistant message is one `message` item (chat joins them with a blank line), eac
 """
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy import protocol
 from proxy.errors import ProxyError
+from proxy.letta_wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.ids import item_id
-from proxy.translate import MESSAGE_SEPARATOR
+from proxy.translate import MESSAGE_SEPARATOR, TurnTranslator
 
 INCOMPLETE = {"length": "max_output_tokens"}  # chat finish reasons that leave a response incomplete
 
@@ -96,6 +98,12 @@ class ResponseEncoder:
         for call in delta.tool_calls or ():
             events += self._tool_call(call)
         return events
+
+    def feed_turn(self, events: Iterable[LettaMessage], translator: TurnTranslator) -> None:
+        """A whole turn's Letta messages, through the translator (a failed turn raises)."""
+        for event in events:
+            if (delta := translator.feed(event)) is not None:
+                self.feed(delta, event.id)
 
     def finish(self, finish_reason: str, usage: protocol.Usage | None) -> list[wire.Event]:
         """The open item closed, then `response.completed` (status `incomplete` if the turn was cut)."""

@@ -58,6 +58,12 @@ class Responses:
         if request.previous_response_id:
             previous = read_response_id(request.previous_response_id, client.key)
         results, message = turn_input(request, self._chat.limits, continuing=previous is not None)
+        if message is None and not self._forward_tools:
+            raise bad_request(
+                "No user message in the new input: function outputs are not forwarded here "
+                "(PROXY_CLIENT_TOOLS=ignore).",
+                param="input",
+            )
         offered = client_tools(functions(request), request.tool_choice) if self._forward_tools else []
         sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
         target, prepare = self._target(request, headers, previous)
@@ -72,9 +78,7 @@ class Responses:
                 (event.run_id for event in turn.events if event.run_id and event.message_type != "ping"), None
             )
             encoder = ResponseEncoder(header(run_id))
-            for event in turn.events:
-                if (delta := translator.feed(event)) is not None:
-                    encoder.feed(delta, event.id)
+            encoder.feed_turn(turn.events, translator)
             encoder.finish(translator.finish_reason, translator.usage)
             return Served(cast(wire.Response, encoder.result), turn.agent.name, translator)
         framed = turn_frames(
@@ -109,9 +113,7 @@ class Responses:
         encoder = ResponseEncoder(Header(response_id, created_at, agent.name))
         translator = TurnTranslator(self._tool_calls, self._settings.proxy_reasoning)
         try:
-            for message in messages:
-                if (delta := translator.feed(message)) is not None:
-                    encoder.feed(delta, message.id)
+            encoder.feed_turn(messages, translator)
             translator.count(usage)
             if run.status == "completed":
                 translator.stop(run.stop_reason or "end_turn")

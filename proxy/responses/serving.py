@@ -67,7 +67,12 @@ class Responses:
         offered = client_tools(functions(request), request.tool_choice) if self._forward_tools else []
         sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
         target, prepare = self._target(request, headers, previous)
-        turn = await self._chat.run(client, target, sent, stream=request.stream, prepare=prepare)
+        try:
+            turn = await self._chat.run(client, target, sent, stream=request.stream, prepare=prepare)
+        except ProxyError as error:
+            if error.param == "messages":  # the shared checks of tool results name chat's field
+                error.param = "input"
+            raise
         translator = self._chat.translator(turn, self._tool_calls)
 
         def header(run_id: str | None) -> Header:

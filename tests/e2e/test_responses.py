@@ -202,3 +202,14 @@ def test_a_turn_that_fails_in_letta_is_a_clean_error_sent_once(
     assert events[0].type == "response.created" and events[-1].type == "response.failed"
     assert events[-1].response.status == "failed" and events[-1].response.error.code == "server_error"
     assert len(runs(letta, agent.id)) == 2
+
+
+def test_a_function_output_for_no_pending_call_is_a_400_naming_input(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState]
+) -> None:
+    agent = make_agent()
+    first = client.responses.create(model=agent.name, input="nothing pending")
+    stray = {"type": "function_call_output", "call_id": "call_nobody", "output": "42"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.responses.create(previous_response_id=first.id, input=[stray], tools=[WEATHER])
+    assert refused.value.body["param"] == "input"  # type: ignore[index]

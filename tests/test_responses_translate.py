@@ -132,16 +132,20 @@ def test_images_are_data_urls_or_urls_on_allowed_hosts() -> None:
         ([user([{"type": "input_file", "file_id": "f"}])], "input[0].content[0].type"),
         ([{"type": "function_call_output", "output": "x"}], "input[0].call_id"),
         ([{"type": "function_call_output", "call_id": "c"}], "input[0].output"),
-        (
-            [{"role": "system", "content": [{"type": "input_image", "image_url": PNG}]}, user("x")],
-            "input[0].content[0].type",
-        ),
     ],
 )
 def test_what_cannot_reach_the_agent_is_a_400_naming_it(items: list[Any], param: str) -> None:
     with pytest.raises(ProxyError) as refused:
         translate(input=items)
     assert (refused.value.status, refused.value.param) == (400, param)
+
+
+def test_forwarded_system_text_must_be_text_and_dropped_is_not_read() -> None:
+    items = [{"role": "system", "content": [{"type": "input_image", "image_url": PNG}]}, user("x")]
+    assert translate(input=items)[1] == {"role": "user", "content": "x"}
+    with pytest.raises(ProxyError) as refused:
+        translate(Limits(system_messages="forward"), input=items)
+    assert refused.value.param == "input[0].content[0].type"
 
 
 def test_limits_apply() -> None:

@@ -52,7 +52,8 @@ def turn_input(
         elif kind == "message" and item.role == "user":
             user_parts += _parts(item, where, limits)
         elif kind == "message" and item.role in ("system", "developer"):
-            system.append(_text_only(item.content, f"{where}.content"))
+            if limits.system_messages == "forward":  # else dropped unread, whatever it holds
+                system.append(_text_only(item.content, f"{where}.content"))
         elif kind not in SKIPPED:
             raise bad_request(
                 f"Unsupported input item in {where}: "

@@ -16,11 +16,12 @@ from typing import cast
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError
-from proxy.letta import Agent, Letta, PendingApproval
+from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
 from proxy.settings import ApprovalMode
 from proxy.tools import MOVED_ON, NO_APPROVER, PendingCall, ToolResult, answer, deny, pending_calls
 
+PENDING = "pending_approval"  # the code of Letta's 409 PENDING_APPROVAL, as letta.py reports it
 MAX_ROUNDS = 4  # Letta requests per answer: a model that keeps calling a denied tool stops here
 QUIET = frozenset({"ping", "stop_reason"})  # what a refused stream carries before its error
 
@@ -73,8 +74,8 @@ class Approvals:
         for _ in range(MAX_ROUNDS):
             try:
                 whole = await self._letta.send(turn.agent, messages, turn.client_tools)
-            except PendingApproval:
-                if refused or turn.results:
+            except ProxyError as error:
+                if error.code != PENDING or refused or turn.results:
                     raise
                 messages, refused = await self._moved_on(turn), True
                 continue
@@ -105,8 +106,8 @@ class Approvals:
                     events = await self._letta.stream(
                         turn.agent, messages, _nothing, turn.conversation, turn.client_tools
                     )
-                except PendingApproval:
-                    if refused or turn.results:
+                except ProxyError as error:
+                    if error.code != PENDING or refused or turn.results:
                         raise
                     messages, refused = await self._moved_on(turn), True
                     continue

@@ -56,14 +56,6 @@ class Agent:
     type: str | None = None  # Letta's agent type: only some take client tools
 
 
-class PendingApproval(ProxyError):
-    """Letta refused a turn because the agent waits on a tool call (its 409 PENDING_APPROVAL): nothing
-    of the turn was kept, so it may be sent again once the wait is answered."""
-
-    def __init__(self) -> None:
-        super().__init__(409, "The agent is waiting for a tool call to be answered.", code="pending_approval")
-
-
 TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.TransportError, TimeoutError)
 
 
@@ -403,8 +395,12 @@ class Letta:
             return await call()
         except letta_client.ConflictError as exc:
             detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-            if isinstance(detail, dict) and detail.get("code") == "PENDING_APPROVAL":
-                raise PendingApproval() from exc
+            if (
+                isinstance(detail, dict) and detail.get("code") == "PENDING_APPROVAL"
+            ):  # approvals.py answers it
+                raise ProxyError(
+                    409, "The agent is waiting for the approval of a tool call.", code="pending_approval"
+                ) from exc
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except letta_client.NotFoundError as exc:
             if sent:

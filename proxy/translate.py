@@ -326,9 +326,11 @@ class TurnTranslator:
                     client.append(delta)
             elif shown_as == "reasoning":
                 text.append(self._as_text(call, opening))
-        if client:
-            return protocol.Delta(tool_calls=client)
-        return self._reasoning_text("".join(text))
+        reasoning = "".join(text)
+        if client:  # one message may hold a client's call and an own call shown as reasoning
+            self._wrote_reasoning = self._wrote_reasoning or bool(reasoning)
+            return protocol.Delta(tool_calls=client, reasoning_content=reasoning or None)
+        return self._reasoning_text(reasoning)
 
     def _presentation(self, name: str | None, waiting: bool) -> str:
         if waiting and (self.approvals == "client" or name in self.client_tools):

@@ -174,12 +174,9 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
 
 
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
-    """The agent's tool call is an OpenAI tool call; the tool's result is not shown."""
-    message = (
-        completion(turn("send_message_tool_call.json"), TurnTranslator("openai"), "c", 0, "bot")
-        .choices[0]
-        .message
-    )
+    """In `openai` mode the agent's tool call is an OpenAI tool call; the tool's result is not shown."""
+    translator = TurnTranslator("openai")
+    message = completion(turn("send_message_tool_call.json"), translator, "c", 0, "bot").choices[0].message
     assert message.content == "Echo: /tool proxy"
     assert message.tool_calls == [
         protocol.ToolCall(
@@ -416,3 +413,100 @@ def test_image_urls_pass_only_for_allowed_hosts() -> None:
     assert letta_messages(body, allowed)[0]["content"] == [
         {"type": "image", "source": {"type": "url", "url": url}}
     ]
+
+
+# --- client tools and approvals ------------------------------------------------------------------
+
+APPROVAL_STREAM = "stream_approval.sse"
+OWN_APPROVAL_STREAM = "stream_own_approval.sse"
+WEATHER = frozenset({"get_weather"})
+
+
+def test_a_streamed_client_tool_call_is_openai_tool_calls() -> None:
+    """The agent's call to a client tool opens with id and name, its arguments follow in fragments at the
+    same index, and the turn finishes with "tool_calls", not the approval note."""
+    translator = TurnTranslator(client_tools=WEATHER)
+    out = deltas(translator, events(APPROVAL_STREAM))
+    assert [msgspec.to_builtins(call) for d in out for call in d.tool_calls or []] == [
+        {
+            "index": 0,
+            "id": "call_9f690cdd9017469fabb8",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": ""},
+        },
+        {"index": 0, "function": {"arguments": '{"city": "Pa'}},
+        {"index": 0, "function": {"arguments": 'ris"}'}},
+    ]
+    assert all(d.content is None for d in out)
+    assert (translator.finish_reason, translator.usage) == ("tool_calls", protocol.Usage(526, 4, 530))
+
+
+def test_a_whole_client_tool_call_turn_is_a_tool_calls_completion() -> None:
+    """Non-streamed, the same call is one whole tool call with no content."""
+    result = completion(turn("send_approval.json"), TurnTranslator(client_tools=WEATHER), "c", 0, "bot")
+    choice = result.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message == protocol.AssistantMessage(
+        content=None,
+        tool_calls=[
+            protocol.ToolCall(
+                id="call_8ce62fe16c9b448f9a25",
+                function=protocol.FunctionCall(name="get_weather", arguments='{"city": "Oslo"}'),
+            )
+        ],
+    )
+
+
+def test_the_turn_after_a_tool_result_is_the_agents_answer() -> None:
+    """The tool_return turn streams the agent's answer, which quotes the client's result."""
+    translator = TurnTranslator(client_tools=WEATHER)
+    text = merge(deltas(translator, events("stream_tool_return.sse"))).content or ""
+    assert text.startswith('Echo: /call get_weather {"city": "Rome"} | get_weather returned: ')
+    assert '"message": "cloudy, 18 C"' in text and translator.finish_reason == "stop"
+
+
+def test_with_client_tools_the_agents_own_calls_are_never_tool_calls() -> None:
+    """Even in `openai` mode: a client offering tools would run the agent's own calls (Letta ran them)."""
+    translator = TurnTranslator("openai", client_tools=WEATHER)
+    out = merge(deltas(translator, events(TOOL_STREAM)))
+    assert out.tool_calls is None
+    assert out.reasoning_content == 'Tool call conversation_search: {"query": "hello"}'
+    assert translator.finish_reason == "stop"
+
+
+def test_an_own_tool_waiting_for_approval_is_shown_as_the_agents_call_and_explained() -> None:
+    """In `deny` mode an approval request for the agent's own tool is not the client's to answer."""
+    translator = TurnTranslator(client_tools=WEATHER)
+    out = merge(deltas(translator, events(OWN_APPROVAL_STREAM)))
+    assert out.tool_calls is None and out.content == APPROVAL_NOTE
+    assert out.reasoning_content == 'Tool call conversation_search: {"query": "weather"}'
+    assert translator.finish_reason == "stop"
+
+
+def test_in_client_mode_an_own_tool_waiting_for_approval_is_a_tool_call() -> None:
+    """In `client` approval mode the client answers the agent's own calls too."""
+    translator = TurnTranslator(approvals="client")
+    out = merge(deltas(translator, events(OWN_APPROVAL_STREAM)))
+    assert out.tool_calls is not None and out.tool_calls[0].function.name == "conversation_search"
+    assert out.content is None and translator.finish_reason == "tool_calls"
+
+
+def test_usage_is_summed_over_the_letta_requests_of_one_answer() -> None:
+    """An answer that took a denial and a second Letta request counts the tokens of both."""
+    usage = first(TOKEN_STREAM, "usage_statistics")
+    translator = TurnTranslator()
+    translator.feed(event(usage))
+    translator.feed(event(usage, prompt_tokens=10, completion_tokens=1, total_tokens=11))
+    assert translator.usage == protocol.Usage(781, 8, 789)
+
+
+def test_one_message_with_a_client_call_and_an_own_call_keeps_both() -> None:
+    """Letta may put both in one approval request: the client's is a tool call, the agent's is told."""
+    whole = first(APPROVAL_STREAM, "approval_request_message")
+    own = {"name": "conversation_search", "arguments": "{}", "tool_call_id": "call_own"}
+    mine = {"name": "get_weather", "arguments": "{}", "tool_call_id": "call_mine"}
+    out = merge(
+        deltas(TurnTranslator(client_tools=WEATHER), [event(whole, tool_call=None, tool_calls=[mine, own])])
+    )
+    assert [call.id for call in out.tool_calls or []] == ["call_mine"]
+    assert out.reasoning_content == "Tool call conversation_search: {}"

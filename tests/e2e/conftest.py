@@ -25,6 +25,15 @@ REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 API_KEY = "sk-e2e-" + uuid.uuid4().hex
 AGENT_MODEL = "openai-proxy/fake-model"
 AGENT_EMBEDDING = "openai/text-embedding-3-small"
+# The client tool the tool tests offer; the fake LLM calls it for a user text `/call get_weather {...}`.
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
 
 
 @pytest.fixture(scope="session")

@@ -41,6 +41,7 @@ import pytest
 from letta_client import Letta
 from letta_client.types import AgentState
 
+from tests.e2e.conftest import WEATHER
 from tests.e2e.letta_history import runs, user_texts
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -415,16 +416,6 @@ def test_library_wrong_key_is_authentication_error(litellm: ModuleType, proxy_ur
         _complete(litellm, proxy_url, "sk-wrong", agent.name, "hi")
     assert exc.value.status_code == 401
     assert isinstance(exc.value, litellm.AuthenticationError), f"{type(exc.value).__name__}: {exc.value}"
-
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def test_library_own_tool_call_is_not_a_tool_call(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -17,18 +18,11 @@ from letta_client import Letta
 from letta_client.types import AgentState
 from openai.types.chat import ChatCompletionChunk
 
+from tests.e2e.conftest import WEATHER
 from tests.e2e.letta_history import user_texts
+from tests.proxy_process import running_proxy
 
 pytestmark = pytest.mark.slow
-
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city.",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 
 
 def _call(city: str) -> str:
@@ -226,3 +220,58 @@ def _plain_turn(client: openai.OpenAI, model: str, text: str, stream: bool) -> s
     )
     assert (finish, calls) == ("stop", [])
     return content
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["sync", "stream"])
+def test_a_conversation_left_waiting_takes_the_next_turn(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState], stream: bool
+):
+    """Waits are per conversation: one pinned by a chat key is unblocked the same way, and its tool loop
+    works as in the agent's default history."""
+    agent = make_agent()
+    chat = {"X-Letta-Chat-Key": f"chat-{uuid.uuid4().hex[:8]}"}
+    messages: list[Any] = [{"role": "user", "content": _call("Cusco")}]
+    first = client.chat.completions.create(
+        model=agent.name, messages=messages, tools=[WEATHER], extra_headers=chat
+    )
+    (call,) = first.choices[0].message.tool_calls or []
+    messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": "thin air"}]
+    done = client.chat.completions.create(
+        model=agent.name, messages=messages, tools=[WEATHER], extra_headers=chat
+    )
+    assert "thin air" in (done.choices[0].message.content or "")
+
+    client.chat.completions.create(
+        model=agent.name,
+        messages=[{"role": "user", "content": _call("Tromso")}],
+        tools=[WEATHER],
+        extra_headers=chat,
+    )
+    text = f"forget it {uuid.uuid4().hex[:8]}"
+    answer = client.with_options(default_headers=chat)
+    assert _plain_turn(answer, agent.name, text, stream) == f"Echo: {text}"
+
+
+@pytest.mark.parametrize("verdict", ["approve", "not now"])
+def test_in_client_mode_the_client_approves_or_denies_the_agents_own_tool(
+    letta_url: str, api_key: str, approving_agent: AgentState, letta: Letta, tmp_path: Path, verdict: str
+):
+    """PROXY_TOOL_APPROVALS=client: the agent's own call needing approval is a tool call for the client,
+    whose tool message approves it (Letta runs the tool) or denies it (with the client's reason)."""
+    with running_proxy(tmp_path, api_key, LETTA_BASE_URL=letta_url, PROXY_TOOL_APPROVALS="client") as proxy:
+        client = openai.OpenAI(base_url=f"{proxy.url}/v1", api_key=api_key, max_retries=0, timeout=120)
+        messages: list[Any] = [{"role": "user", "content": "/tool asking first"}]
+        first = client.chat.completions.create(model=approving_agent.name, messages=messages)
+        assert first.choices[0].finish_reason == "tool_calls"
+        (call,) = first.choices[0].message.tool_calls or []
+        assert call.function.name == "conversation_search"
+        messages += [first.choices[0].message, {"role": "tool", "tool_call_id": call.id, "content": verdict}]
+        answer = client.chat.completions.create(model=approving_agent.name, messages=messages)
+    assert answer.choices[0].message.content == "Echo: /tool asking first"
+    (ran,) = [
+        m
+        for m in letta.agents.messages.list(approving_agent.id, limit=50)
+        if m.message_type == "tool_return_message" and m.tool_call_id == call.id
+    ]
+    assert ran.status == ("success" if verdict == "approve" else "error")
+    assert (verdict in str(ran.tool_return)) == (verdict != "approve")

@@ -83,6 +83,11 @@ def run(config: Config, raw: Path | None) -> None:
                 scenarios.open_streams(config, targets, by_text.__getitem__, results)
             say(f"{config.sequential} sequential requests through the proxy")
             scenarios.sequential(config, targets[1], by_text.__getitem__, results)
+            say(
+                f"siege: {config.siege_idle} idle connections and {config.siege_stalled} stalled streams "
+                f"for {config.siege_seconds:g} s"
+            )
+            scenarios.siege(config, targets[1], by_text.__getitem__, results)
         say("done; stopping the servers")
     rows = report.build(config, results, judged=config.judged)
     print(f"Machine: {machine()}")

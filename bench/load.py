@@ -12,6 +12,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 LUA = Path(__file__).with_name("post.lua")
@@ -146,3 +147,45 @@ def client(
         first_p99_ms=percentile(firsts, 0.99),
         tool="bench.client",
     )
+
+
+def siege(
+    base: str,
+    key: str,
+    idle: int,
+    stalled: int,
+    seconds: float,
+    stream: tuple[str, bytes],
+    sync: tuple[str, bytes],
+) -> dict[str, Any]:
+    """`bench.siege` in its own process: its JSON report (probe latencies in seconds, None: unanswered)."""
+    parts = urlsplit(base)
+    argv = [
+        sys.executable,
+        "-m",
+        "bench.siege",
+        "--host",
+        parts.hostname or "127.0.0.1",
+        "--port",
+        str(parts.port),
+        "--key",
+        key,
+        "--idle",
+        str(idle),
+        "--stalled",
+        str(stalled),
+        "--seconds",
+        str(seconds),
+        "--stream-path",
+        urlsplit(stream[0]).path,
+        "--stream-body",
+        stream[1].decode(),
+        "--sync-path",
+        urlsplit(sync[0]).path,
+        "--sync-body",
+        sync[1].decode(),
+    ]
+    out = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"bench.siege failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout)

@@ -193,7 +193,48 @@ def build(config: Config, results: Results, judged: bool) -> list[Row]:
             table.verdict(fd_growth <= 0),
         )
     )
+    _siege(table, config, results)
     return table.rows
+
+
+def _siege(table: Table, config: Config, results: Results) -> None:
+    """Whether /health and sync turns kept answering under the siege, how fast, and the memory it took."""
+
+    def figure(name: str) -> float:
+        return _median(results.figures.get(("siege", name), []))
+
+    scenario = (
+        f"siege: {config.siege_idle:,} idle connections + {config.siege_stalled} stalled streams, "
+        f"{config.siege_seconds:g} s"
+    )
+    for probe, what in (("health", "GET /health"), ("sync", "sync turn")):
+        asked, answered = figure(f"{probe}:asked"), figure(f"{probe}:answered")
+        latency = " / ".join(_ms(figure(f"{probe}:{q}")) for q in ("p50", "p99", "max"))
+        table.rows.append(
+            Row(
+                scenario,
+                f"{what} on a new connection: answered; p50 / p99 / max (ms)",
+                "n/a",
+                f"{answered:.0f} of {asked:.0f}; {latency}",
+                "n/a",
+                "",
+                "every one answered",
+                table.verdict(asked > 0 and answered == asked),
+            )
+        )
+    refused = f"{figure('idle_refused'):.0f} idle and {figure('stalled_refused'):.0f} stalled not opened"
+    table.rows.append(
+        Row(
+            scenario,
+            "RSS before / peak (MiB); idle connections closed during the hold",
+            "n/a",
+            f"{figure('rss_before'):.0f} / {figure('rss'):.0f}; {figure('idle_closed'):.0f}",
+            "n/a",
+            refused,
+            "",
+            "",
+        )
+    )
 
 
 def markdown(rows: list[Row]) -> str:

@@ -27,12 +27,16 @@ class Config:
     sequential: int = 10_000
     sequential_stream: str = "5x0:8"
     warm_up: int = 64
+    siege_idle: int = 2000  # connections that never send a byte
+    siege_stalled: int = 200  # streams whose clients stop reading
+    siege_seconds: float = 20.0  # held this long (under the proxy's 30 s header deadline)
+    siege_stream: str = "1000x20:256"  # 20 s streams, 1,000 chunks: more than the socket buffers hold
     litellm: bool = True
     judged: bool = True  # whether the table checks the targets (not on smoke counts)
 
     @property
     def profiles(self) -> list[str]:
-        return list(dict.fromkeys([self.stream, self.slow, self.sequential_stream]))
+        return list(dict.fromkeys([self.stream, self.slow, self.sequential_stream, self.siege_stream]))
 
 
 FULL = Config()
@@ -47,6 +51,10 @@ SMOKE = Config(
     open_runs=1,
     sequential=100,
     warm_up=16,
+    siege_idle=20,
+    siege_stalled=4,
+    siege_seconds=1.0,
+    siege_stream="100x20:8",
     litellm=False,
     judged=False,
 )
@@ -191,3 +199,35 @@ def sequential(config: Config, proxy: Endpoint, profile: Profiles, results: Resu
         time.sleep(0.5)  # let closed connections be reaped before counting descriptors
         results.note("sequential", "rss", rss_mib(pids))
         results.note("sequential", "fds", open_fds(pids))
+
+
+def siege(config: Config, proxy: Endpoint, profile: Profiles, results: Results) -> None:
+    """`siege_idle` silent connections and `siege_stalled` streams nobody reads, held `siege_seconds`
+    while /health and a sync turn are probed on new connections: how many answered, how fast, peak RSS."""
+    stream, sync = profile(config.siege_stream), profile(config.sequential_stream)
+    before = rss_mib(tree(proxy.pid))
+    with PeakRss(proxy.pid) as rss:
+        report = load.siege(
+            proxy.base,
+            proxy.key,
+            config.siege_idle,
+            config.siege_stalled,
+            config.siege_seconds,
+            stream=(proxy.url(stream), proxy.body(stream, True)),
+            sync=(
+                proxy.url(sync).replace(wire.INDEX, "0000"),
+                proxy.body(sync, False).replace(b"{i}", b"0000"),
+            ),
+        )
+    results.note("siege", "rss_before", before)
+    results.note("siege", "rss", rss.peak)
+    results.note("siege", "idle_closed", report["idle_closed"])
+    results.note("siege", "idle_refused", report["idle_refused"])
+    results.note("siege", "stalled_refused", report["stalled_refused"])
+    for probe in ("health", "sync"):
+        seconds = report[probe]
+        answered = [value * 1000 for value in seconds if value is not None]
+        results.note("siege", f"{probe}:asked", len(seconds))
+        results.note("siege", f"{probe}:answered", len(answered))
+        for name, q in (("p50", 0.5), ("p99", 0.99), ("max", 1.0)):
+            results.note("siege", f"{probe}:{name}", load.percentile(answered, q))

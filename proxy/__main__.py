@@ -10,13 +10,15 @@ import asyncio
 import logging
 import logging.config
 import os
+import resource
 import signal
 import sys
 from typing import Any
 
 import letta_client
 import uvloop
-from granian.constants import Interfaces
+from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.server.embed import Server
 from pydantic import ValidationError
 
@@ -26,10 +28,17 @@ from proxy.settings import Settings, describe_error
 
 log = logging.getLogger("proxy")
 STARTUP_CHECK_TIMEOUT = 3.0
+SPARE_FILES = 256  # beyond two per connection (the client's and its Letta one): logs, sockets, the venv
+
+
+# The HTTP clients under letta-client log whole requests at debug level (letta-client its request
+# options, JSON body included): pinned at warning whatever PROXY_LOG_LEVEL (or LETTA_LOG) says, so that
+# message text never reaches the log.
+QUIET_LOGGERS = ("letta_client", "httpx", "httpcore", "httpx_aiohttp", "aiohttp")
 
 
 def logging_config(level: str, form: str) -> dict[str, Any]:
-    """One format for the proxy's and Granian's lines; the Letta client's per-request lines muted."""
+    """One format for the proxy's and Granian's lines; the HTTP clients' per-request lines muted."""
     formatter = (
         {"()": "proxy.observe.JsonFormatter"}
         if form == "json"
@@ -42,7 +51,10 @@ def logging_config(level: str, form: str) -> dict[str, Any]:
         "formatters": {"main": formatter},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
-        "loggers": {"httpx": {"level": "WARNING"}, "_granian": {"level": level.upper()}},
+        "loggers": {
+            "_granian": {"level": level.upper()},
+            **{name: {"level": "WARNING"} for name in QUIET_LOGGERS},
+        },
     }
 
 
@@ -75,6 +87,42 @@ def check_letta(settings: Settings) -> None:
         log.warning("Letta at %s does not answer yet (%s)", settings.letta_base_url, exc.__class__.__name__)
 
 
+def raise_file_limit(connections: int) -> None:
+    """Lifts the soft open-file limit (often 1,024) so that PROXY_MAX_CONNECTIONS can be reached: past the
+    limit, Granian's accept fails and retries at once instead of queueing the connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 2 * connections + SPARE_FILES
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+    if limit < wanted:
+        log.warning(
+            "the open-file limit (%d) is short for PROXY_MAX_CONNECTIONS=%d: lower it or raise the limit",
+            limit,
+            connections,
+        )
+
+
+def connection_policy(settings: Settings) -> dict[str, Any]:
+    """Granian's own settings for how many connections are served and how long a silent one is kept.
+
+    `backpressure` is Granian's cap on open connections (it accepts no more until one closes; by default
+    it equals the listen backlog). HTTP/1 only, because in Granian's `auto` mode hyper-util first waits,
+    without any deadline, for bytes telling HTTP/1 from HTTP/2: a connection that never sends a byte was
+    then held forever. In HTTP/1 mode hyper's `header_read_timeout` runs from the connection's start and
+    again while a kept-alive connection waits for its next request, so it is also the idle deadline.
+    """
+    return {
+        "http": HTTPModes.http1,
+        "backlog": 1024,  # the listen queue; the embedded server's 128 is short for 1,000 clients at once
+        "backpressure": settings.proxy_max_connections,
+        "http1_settings": HTTP1Settings(
+            header_read_timeout=round(settings.proxy_header_timeout_seconds * 1000)
+        ),
+    }
+
+
 async def serve(settings: Settings, log_config: dict[str, Any]) -> None:
     """Serves until SIGTERM or SIGINT; then new connections are refused and open requests get the grace."""
     server = Server(
@@ -83,9 +131,9 @@ async def serve(settings: Settings, log_config: dict[str, Any]) -> None:
         address=settings.proxy_host,
         port=settings.proxy_port,
         websockets=False,
-        backlog=1024,  # Granian's usual default; the embedded one's, 128, is short for 1,000 clients at once
         log_level=settings.proxy_log_level,  # type: ignore[arg-type]
         log_dictconfig=log_config,
+        **connection_policy(settings),
     )
     loop = asyncio.get_running_loop()
 
@@ -114,6 +162,7 @@ def main() -> None:
     logging.config.dictConfig(config)
     load_clients(settings)  # here, so a key file problem stops start-up before Letta is asked
     check_letta(settings)
+    raise_file_limit(settings.proxy_max_connections)
     log.info("listening on http://%s:%d", settings.proxy_host, settings.proxy_port)
     uvloop.run(serve(settings, config))
 

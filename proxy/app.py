@@ -8,7 +8,8 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from proxy.auth import load_clients
-from proxy.errors import exception_handlers
+from proxy.edge import ProxyRequest, body_deadline
+from proxy.errors import exception_handlers, json_not_found
 from proxy.letta import Letta
 from proxy.observe import observe
 from proxy.responses.serving import Responses
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> Litestar:
             "responses": _singleton(Responses(chat, letta, routing, settings)),
         },
         exception_handlers=exception_handlers,
+        after_request=json_not_found,
         on_shutdown=[letta.aclose, store.aclose],
         state=State({"clients": load_clients(settings)}),
         request_max_body_size=settings.proxy_max_body_bytes,
@@ -63,7 +65,8 @@ def create_app(settings: Settings) -> Litestar:
         else None,
         logging_config=None,
         openapi_config=OPENAPI,
+        request_class=ProxyRequest,
     )
     # Around Litestar's whole handler, not per route: requests that match no route are observed too.
-    app.asgi_handler = observe(app.asgi_handler)
+    app.asgi_handler = observe(body_deadline(app.asgi_handler, settings.proxy_body_timeout_seconds))
     return app

@@ -4,8 +4,8 @@ import logging
 import re
 
 import msgspec
-from litestar import Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar import MediaType, Request, Response
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
@@ -64,6 +64,11 @@ def model_not_found(model: str) -> ProxyError:
     )
 
 
+def unknown_url() -> ProxyError:
+    """What any route that does not exist answers; it names no path, so nothing sent is echoed back."""
+    return ProxyError(404, "Unknown URL. The OpenAI routes are under /v1; /schema lists every route.")
+
+
 def unauthorized() -> ProxyError:
     return ProxyError(
         401,
@@ -104,8 +109,18 @@ def _validation_error(_: Request, exc: ValidationException) -> Response[bytes]:
 
 def _http_error(_: Request, exc: HTTPException) -> Response[bytes]:
     """Routing, method and size errors that Litestar raises before our handlers run."""
+    if isinstance(exc, NotFoundException):
+        return _respond(unknown_url())
     kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-    return _respond(ProxyError(exc.status_code, str(exc.detail), type=kind))
+    return _respond(ProxyError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers))
+
+
+def json_not_found(response: Response) -> Response:
+    """An app-wide `after_request` hook. Litestar's OpenAPI router answers an unknown /schema/ path with
+    an HTML page it returns rather than raises: it becomes the same JSON 404 as any unknown route."""
+    if response.status_code == 404 and response.media_type != MediaType.JSON:
+        return _respond(unknown_url())
+    return response
 
 
 def _unexpected(request: Request, exc: Exception) -> Response[bytes]:

@@ -7,9 +7,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Iterable
-from contextlib import aclosing
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+from contextlib import aclosing, asynccontextmanager
 from typing import Any, TypeVar, cast
 
 import aiohttp
@@ -21,6 +20,7 @@ from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError, upstream_failure
+<<<<<<< HEAD
 from proxy.letta_wire import (
     LettaMessage,
     LettaTurn,
@@ -32,6 +32,11 @@ from proxy.letta_wire import (
     decode_turn,
     decode_usage,
 )
+=======
+from proxy.letta_agents import Agent, AgentDirectory
+from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
+from proxy.letta_wire import AgentRecord, LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
+>>>>>>> main
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -42,9 +47,9 @@ KEEPALIVE_SECONDS = 4.0  # below the 5 s after which Letta 0.16.8 (uvicorn) clos
 LIST_RETRIES = 2
 READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
-LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
+<<<<<<< HEAD
 RUN_MESSAGES = 1000  # messages of one past turn read back, at most
 
 
@@ -109,6 +114,10 @@ def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyE
 
 
 UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError, *TRANSPORT_ERRORS)  # aiohttp's unmapped ones too
+=======
+READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
+READ_BUFSIZE = 16 * 1024  # aiohttp's per-connection read buffer, the first bound of a stream's memory
+>>>>>>> main
 
 
 def _with_otids(messages: Iterable[Message]) -> list[Message]:
@@ -125,8 +134,13 @@ def _turn_body(messages: Iterable[Message], client_tools: list[ClientTool]) -> d
 
 
 def _unbounded_session() -> aiohttp.ClientSession:
-    """No cap on connections to Letta: a cap of 100 (the SDK's, and aiohttp's) made the 101st stream wait."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS))
+    """No cap on connections to Letta: a cap of 100 (the SDK's, and aiohttp's) made the 101st stream wait.
+
+    A small read buffer: aiohttp stops reading a stream nobody takes from only past a few of them, and
+    with its default (64 KiB) each stream whose client stopped reading held about 0.5 MiB here.
+    """
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS)
+    return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFSIZE)
 
 
 def http_client() -> httpx.AsyncClient:
@@ -151,17 +165,16 @@ class Letta:
             max_retries=0,  # a resent turn would be written twice into the agent's memory
             http_client=http_client(),
         )
-        self._allowed = set(settings.proxy_agents)
-        self._cache_seconds = settings.proxy_agent_cache_seconds
         self._connect_retries = settings.letta_connect_retries
+        self._gap = settings.letta_timeout
+        self._turn_seconds = settings.proxy_turn_timeout_seconds
+        self._max_bytes = settings.proxy_max_upstream_bytes
         self._background: set[asyncio.Task[None]] = set()
-        self._agents: list[Agent] = []
-        self._fetched_at = -float("inf")
-        self._refreshing: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self._ready = False
         self._ready_at = -float("inf")
+        self._checking: asyncio.Task[None] | None = None
         self._has_conversations: bool | None = None
+        self._directory = AgentDirectory(self._page, settings, self._in_background)
 
     async def aclose(self) -> None:
         if self._background:
@@ -169,45 +182,26 @@ class Letta:
         await self._client.close()
 
     async def ready(self) -> bool:
-        """Whether Letta answers its health check; remembered briefly so probes cannot flood Letta."""
+        """Whether Letta answers its health check; remembered briefly, and asked once however many
+        probes come meanwhile, so that probes cannot flood a failing Letta."""
         if time.monotonic() - self._ready_at >= READY_CACHE_SECONDS:
-            try:
-                await self._client.with_options(timeout=READY_TIMEOUT).health()
-                self._ready = True
-            except UPSTREAM_ERRORS as exc:
-                log.warning("Letta is not ready: %s", exc.__class__.__name__)
-                self._ready = False
-            self._ready_at = time.monotonic()
+            if self._checking is None:
+                self._checking = self._in_background(self._check())
+            await asyncio.shield(self._checking)  # a probe that gives up leaves the check to the others
         return self._ready
 
-    async def agents(self) -> list[Agent]:
-        """The exposed agents, listed at most once per cache period however many requests ask.
-
-        Stale for less than another period, the list is served while a background task lists again, so
-        a busy proxy never makes a request wait on a listing; only one idle for longer lists first.
-        """
-        age = time.monotonic() - self._fetched_at
-        if age < self._cache_seconds:
-            return self._agents
-        if age < 2 * self._cache_seconds:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = self._in_background(self._refresh_quietly())
-            return self._agents
-        return await self._refresh()
-
-    async def _refresh(self) -> list[Agent]:
-        async with self._lock:
-            if time.monotonic() - self._fetched_at >= self._cache_seconds:  # else another caller just did
-                self._agents = await self._call(self._list_agents, sent=False)
-                self._fetched_at = time.monotonic()
-            return self._agents
-
-    async def _refresh_quietly(self) -> None:
+    async def _check(self) -> None:
         try:
-            await self._refresh()
-        except ProxyError as error:
-            log.warning("could not list the agents again: %s", error.message)
+            await self._client.with_options(timeout=READY_TIMEOUT).health()
+            self._ready = True
+        except UPSTREAM_ERRORS as exc:
+            log.warning("Letta is not ready: %s", exc.__class__.__name__)
+            self._ready = False
+        finally:
+            self._ready_at = time.monotonic()
+            self._checking = None
 
+<<<<<<< HEAD
     async def _list_agents(self) -> list[Agent]:
         """Every page, decoded by msgspec into the three fields used: pydantic took 1.4 s per 1,000 agents."""
         client = self._client.with_options(max_retries=LIST_RETRIES)
@@ -232,15 +226,44 @@ class Letta:
         body = _turn_body(messages, client_tools or [])
         response = await self._retrying(lambda: self._post(f"/v1/agents/{agent.id}/messages", body))
         return decode_turn(response.content)
+=======
+    async def agents(self, *, fresh: bool = False) -> list[Agent]:
+        return await self._directory.agents(fresh=fresh)
+
+    async def _page(self, params: dict[str, object]) -> list[AgentRecord]:
+        """One page, retried briefly if Letta fails; a Letta that asks us to wait is left alone and its
+        Retry-After passed on, rather than waited out while a request waits on the listing."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.get(
+                    "/v1/agents/", cast_to=httpx.Response, options={"params": params, "headers": READ_WHOLE}
+                )
+                return decode_agents(await self._body(response, sent=False))
+            except UPSTREAM_ERRORS as exc:
+                if attempt >= LIST_RETRIES or not _passing(exc):
+                    raise map_failure(exc, sent=False, secret=self._secret) from exc
+            await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
+            attempt += 1
+
+    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
+        """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
+        body = {"messages": _with_otids(messages)}
+        path = f"/v1/agents/{agent.id}/messages"
+        async with self._within(asyncio.get_running_loop().time() + self._turn_seconds):
+            answer = await self._retrying(lambda: self._post_whole(path, body))
+        return decode_turn(answer, self._secret)
+>>>>>>> main
 
     async def _post(self, path: str, body: dict[str, Any], *, unread: bool = False) -> httpx.Response:
         """A POST through the SDK (URL, credentials, timeouts, errors) that leaves decoding to msgspec.
 
         `unread` asks the SDK for the body as a stream, the switch its own `with_streaming_response` uses.
         """
-        headers = {RAW_RESPONSE_HEADER: "stream"} if unread else {}
+        headers = READ_WHOLE if unread else {}
         return await self._client.post(path, body=body, cast_to=httpx.Response, options={"headers": headers})
 
+<<<<<<< HEAD
     async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
         """The newest message of the agent's default history, or of a conversation: an approval request
         there means the agent waits on tool calls."""
@@ -261,6 +284,37 @@ class Letta:
         )
         messages = decode_messages(response.content)
         return messages if conversation else messages[::-1]
+=======
+    async def _post_whole(self, path: str, body: dict[str, Any]) -> bytes:
+        return await self._body(await self._post(path, body, unread=True), sent=True)
+
+    async def _body(self, response: httpx.Response, *, sent: bool) -> bytes:
+        """The body, read as it comes and given up once past PROXY_MAX_UPSTREAM_BYTES."""
+        try:
+            pieces, size = [], 0
+            async for piece in response.aiter_bytes():
+                size += len(piece)
+                if size > self._max_bytes:
+                    raise too_large(self._max_bytes, sent=sent)
+                pieces.append(piece)
+            return b"".join(pieces)
+        finally:
+            await response.aclose()
+
+    @asynccontextmanager
+    async def _within(self, turn_end: float, *, gap: bool = False) -> AsyncIterator[None]:
+        """The block, given up at the end of the turn, or with `gap` after LETTA_TIMEOUT if sooner."""
+        gap_end = asyncio.get_running_loop().time() + self._gap if gap else turn_end
+        try:
+            async with asyncio.timeout_at(min(gap_end, turn_end)):
+                yield
+        except TimeoutError as exc:
+            if turn_end <= gap_end:
+                message = f"The turn took longer than the proxy allows ({self._turn_seconds:g} s)."
+            else:
+                message = f"The Letta server sent nothing for {self._gap:g} s."
+            raise timed_out(message) from exc
+>>>>>>> main
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""
@@ -279,6 +333,27 @@ class Letta:
             log.info("cancelled run %s of agent %s", run_id, agent.id)
         except UPSTREAM_ERRORS as exc:
             log.warning("could not cancel run %s: %s", run_id, exc.__class__.__name__)
+
+    async def cancel_active(self, agent: Agent, conversation: str | None) -> None:
+        """Cancels the runs active in one history of the agent (its default one, or `conversation`).
+
+        For a turn whose client left before its run id was known: called while the proxy holds that
+        history's turn, when the only run active there is the leaving turn's. Letta's cancel without run
+        ids would also stop the runs of the agent's other conversations, so the runs are picked here.
+        """
+        client = self._client.with_options(timeout=CANCEL_TIMEOUT)
+        try:
+            active = await client.runs.list(agent_id=agent.id, statuses=["created", "running"], limit=100)
+            run_ids = [  # one page: in the history the proxy holds, one run at most is active
+                run.id
+                for run in active.items
+                if run.agent_id == agent.id and run.conversation_id == conversation
+            ]
+            if run_ids:
+                await client.agents.messages.cancel(agent.id, run_ids=run_ids)
+            log.info("cancelled %d active run(s) of agent %s", len(run_ids), agent.id)
+        except UPSTREAM_ERRORS as exc:
+            log.warning("could not cancel the active runs of agent %s: %s", agent.id, exc.__class__.__name__)
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Retries only a turn that never left: one whose connection to Letta could not be made."""
@@ -350,25 +425,31 @@ class Letta:
         """Yields None once the first event is in, then the events.
 
         Everything happens inside the generator, so that its `finally` closes the upstream response and
-        cancels a run left unfinished however the reader stops, even one that never reads past the opening.
+        cancels a run left unfinished however the reader stops, even one that never reads past the opening,
+        or one given up at PROXY_TURN_TIMEOUT_SECONDS, or after LETTA_TIMEOUT without an event.
         """
+        turn_end = asyncio.get_running_loop().time() + self._turn_seconds
         try:
             path = (
                 f"/v1/conversations/{conversation}/messages"
                 if conversation
                 else f"/v1/agents/{agent.id}/messages"
             )
-            response = await self._retrying(lambda: self._post(path, body, unread=True))
+            async with self._within(turn_end):
+                response = await self._retrying(lambda: self._post(path, body, unread=True))
             run_id, stopped = None, False
             try:
+                _event_stream(response)
                 async with aclosing(self._read(response)) as events:
-                    event = await anext(events, None)
+                    async with self._within(turn_end, gap=True):  # never across a yield
+                        event = await anext(events, None)
                     run_id = event.run_id if event else None
                     yield None
                     while event is not None:
                         stopped = stopped or event.message_type == "stop_reason"
                         yield event
-                        event = await anext(events, None)
+                        async with self._within(turn_end, gap=True):
+                            event = await anext(events, None)
                         run_id = run_id or (event.run_id if event else None)
                 stopped = True
             finally:
@@ -380,7 +461,7 @@ class Letta:
 
     async def _read(self, response: httpx.Response) -> AsyncGenerator[LettaMessage, None]:
         """The stream's messages as its bytes arrive, up to `[DONE]`."""
-        decoder = SSEDecoder()
+        decoder = SSEDecoder(self._secret)
         try:
             async for chunk in response.aiter_bytes():
                 for message in decoder.feed(chunk):
@@ -388,7 +469,7 @@ class Letta:
                 if decoder.done:
                     return
         except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=True, secret=self._secret) from exc
+            raise map_failure(exc, sent=True, secret=self._secret) from exc
 
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:
@@ -404,15 +485,16 @@ class Letta:
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except letta_client.NotFoundError as exc:
             if sent:
-                self._fetched_at = -float("inf")  # the agent is gone: list again next time
+                self._directory.forget()  # the agent is gone: list again next time
                 raise ProxyError(
                     404,
                     "The agent behind this model no longer exists.",
                     code="model_not_found",
                     param="model",
                 ) from exc
-            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
+            raise map_failure(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
+<<<<<<< HEAD
             raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
 
     async def conversation_agent(self, conversation: str) -> str | None:
@@ -441,3 +523,22 @@ class Letta:
 
     async def _get(self, path: str, params: dict[str, object]) -> httpx.Response:
         return await self._client.get(path, cast_to=httpx.Response, options={"params": params})
+=======
+            raise map_failure(exc, sent=sent, secret=self._secret) from exc
+
+
+def _event_stream(response: httpx.Response) -> None:
+    """Refuses, before the client's stream opens, an answer that is not Letta's event stream (a proxy's
+    HTML page, say)."""
+    kind = response.headers.get("content-type", "")
+    if not kind.startswith("text/event-stream"):
+        raise upstream_failure(f"The Letta server answered a stream with '{kind[:60]}', not an event stream.")
+
+
+def _passing(exc: Exception) -> bool:
+    """A failure of a listing that is worth one more try: not a refusal, and not one that asks us to wait."""
+    if isinstance(exc, letta_client.APIStatusError):
+        status = exc.status_code
+        return (status >= 500 or status in (408, 429)) and "retry-after" not in exc.response.headers
+    return True
+>>>>>>> main

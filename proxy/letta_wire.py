@@ -49,7 +49,8 @@ class LettaMessage(msgspec.Struct, kw_only=True):
     def failure(self) -> ProxyError:
         """Letta's report of a failed turn (an `error_message`, or any `event: error`) as a 502."""
         kind = f" ({self.error_type})" if self.error_type else ""
-        text = f"Letta reported an error during the turn{kind}: {self.message or self.error or self.detail}"
+        said = self.message or error_text(self.error) or self.detail
+        text = f"Letta reported an error during the turn{kind}: {said}"
         short = text if len(text) <= MAX_UPSTREAM_MESSAGE else text[:MAX_UPSTREAM_MESSAGE] + "…"
         return upstream_failure(short, code=self.error_type or "upstream_error")
 
@@ -86,6 +87,41 @@ class RunRecord(msgspec.Struct):
     created_at: datetime | None = None
 
 
+def redact(text: str, secret: str | None) -> str:
+    """`text` with our Letta token cut out, should Letta echo it back."""
+    return text.replace(secret, "[redacted]") if secret else text
+
+
+def error_text(detail: object) -> str:
+    """Letta's error detail as readable text, whatever its shape: a string as is, FastAPI's validation
+    list as `where: what` items, a dict by its message. Never a Python repr, never the echoed `input`."""
+    if isinstance(detail, str):
+        return detail
+    if isinstance(detail, list):
+        return "; ".join(text for item in detail if (text := error_text(item)))
+    if isinstance(detail, dict):
+        if isinstance(detail.get("msg"), str):  # one FastAPI validation error
+            where = ".".join(str(part) for part in detail.get("loc") or ())
+            return f"{where}: {detail['msg']}" if where else detail["msg"]
+        for key in ("message", "detail", "error"):
+            if text := error_text(detail.get(key)):
+                return text
+        return ""
+    return "" if detail is None else str(detail)
+
+
+def _scrubbed(message: LettaMessage, secret: str | None) -> LettaMessage:
+    """An error event whose texts can be passed on: as text, without our Letta token."""
+    if message.message_type != "error_message" and message.error is None and message.detail is None:
+        return message
+    return msgspec.structs.replace(
+        message,
+        message=redact(message.message, secret) if message.message else message.message,
+        detail=redact(message.detail, secret) if message.detail else message.detail,
+        error=redact(error_text(message.error), secret) if message.error is not None else None,
+    )
+
+
 _turn = msgspec.json.Decoder(LettaTurn)
 _message = msgspec.json.Decoder(LettaMessage)
 _agents = msgspec.json.Decoder(list[AgentRecord])
@@ -107,11 +143,18 @@ def decode_usage(body: bytes) -> LettaMessage:
         raise upstream_failure("The Letta server sent a malformed usage.") from exc
 
 
-def decode_turn(body: bytes) -> LettaTurn:
+def decode_turn(body: bytes, secret: str | None = None) -> LettaTurn:
+    """A whole turn; one without a stop reason is incomplete, as a stream without one would be."""
     try:
-        return _turn.decode(body)
+        turn = _turn.decode(body)
     except msgspec.DecodeError as exc:
         raise upstream_failure("The Letta server sent a malformed answer.") from exc
+    if turn.stop_reason is None:
+        raise upstream_failure(
+            "The Letta server answered the turn without a stop reason.", code="upstream_incomplete"
+        )
+    turn.messages = [_scrubbed(message, secret) for message in turn.messages]
+    return turn
 
 
 def decode_agents(body: bytes) -> list[AgentRecord]:
@@ -134,17 +177,26 @@ class SSEDecoder:
     """Letta's SSE bytes to messages, whatever the chunk boundaries; `done` once `[DONE]` has come.
 
     An `event: error` frame raises, whichever of Letta's error shapes it holds: the turn has failed.
+    A line's pieces are kept apart until its end comes, so a long line costs its length, not its square.
     """
 
-    def __init__(self) -> None:
-        self._partial = b""
+    def __init__(self, secret: str | None = None) -> None:
+        self._secret = secret
+        self._pieces: list[bytes] = []  # the unfinished line
+        self._size = 0
         self._event = b""
         self.done = False
 
     def feed(self, chunk: bytes) -> Iterator[LettaMessage]:
         """The chunk's messages one by one, so that those before a malformed one still get through."""
-        *lines, self._partial = (self._partial + chunk).split(b"\n")
-        if len(self._partial) > MAX_EVENT_BYTES:
+        lines: list[bytes] = []
+        if b"\n" in chunk:
+            *lines, partial = b"".join((*self._pieces, chunk)).split(b"\n")
+            self._pieces, self._size = [partial], len(partial)
+        else:
+            self._pieces.append(chunk)
+            self._size += len(chunk)
+        if self._size > MAX_EVENT_BYTES:
             raise upstream_failure("The Letta server sent an event larger than the proxy accepts.")
         for line in lines:
             if line.startswith(b"data:"):
@@ -163,6 +215,7 @@ class SSEDecoder:
             message = _message.decode(data)
         except msgspec.DecodeError as exc:
             raise upstream_failure("The Letta server sent a malformed stream event.") from exc
+        message = _scrubbed(message, self._secret)
         if self._event == b"error":
             raise message.failure()
         return message

@@ -35,6 +35,14 @@ UPSTREAM_ERRORS = Counter(
 )
 
 
+def printable(text: str) -> str:
+    """The text with every unprintable character escaped (`\\n`, `\\x1b`, `\\u2028`), so that a path
+    sent as `/%0a...` cannot end the access line and forge the next one."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in text)
+
+
 def exposition() -> tuple[bytes, str]:
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
 
@@ -122,10 +130,11 @@ def _record(
         FIRST_CHUNK.labels(model).observe(first_byte)
     turn = state.get("turn")
     usage = turn.usage if turn is not None else None
+    path = printable(scope["path"])
     access.info(
         "%s %s %s %.1fms agent=%s tokens=%s",
         scope["method"],
-        scope["path"],
+        path,
         status,
         seconds * 1000,
         model,
@@ -133,7 +142,7 @@ def _record(
         extra={
             "request_id": state["request_id"],
             "method": scope["method"],
-            "path": scope["path"],
+            "path": path,
             "status": status,
             "duration_ms": round(seconds * 1000, 1),
             "agent": agent,

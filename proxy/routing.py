@@ -1,10 +1,16 @@
 """Which agent a request goes to: the model it names, else the agent its scope last chose, else the default.
 
+The default is PROXY_DEFAULT_AGENT, else the oldest agent the key may use: creating an agent never
+changes where a request without `model` goes. A name two agents share is ambiguous: such agents are
+listed and reached by id, and the shared name is refused with the ids to choose from.
+
 With PROXY_MODEL_SCOPE `global` or `session`, naming a model also makes that agent the default for later
 requests without one: for the whole key (`global`), or for one `user` of it (`session`). Where Letta has
 conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats. That memory is
 kept per client key, so one tenant can never steer or see another's.
 """
+
+from collections import Counter
 
 from proxy.auth import Client
 from proxy.errors import ProxyError, bad_request, model_not_found
@@ -22,16 +28,23 @@ class Routing:
         self._scope = scope
         self._default = default
 
-    async def visible(self, client: Client) -> list[Agent]:
-        """The exposed agents this client's key may use."""
-        return [agent for agent in await self._letta.agents() if client.may_use(agent.id, agent.name)]
+    async def visible(self, client: Client, *, fresh: bool = False) -> list[Agent]:
+        """The exposed agents this client's key may use; `fresh` for a model the cached list lacks."""
+        agents = await self._letta.agents(fresh=fresh)
+        return [agent for agent in agents if client.may_use(agent.id, agent.name)]
+
+    async def models(self, client: Client) -> list[tuple[str, Agent]]:
+        """The key's agents under their model ids: the name, or the id where agents share a name."""
+        agents = await self.visible(client)
+        names = Counter(agent.name for agent in agents)
+        return [(agent.name if names[agent.name] == 1 else agent.id, agent) for agent in agents]
 
     async def resolve(self, client: Client, model: str | None, user: str | None) -> Agent:
         """An agent outside the key's scope is reported as unknown, so names do not leak."""
         agents = await self.visible(client)
         session = self._session_key(user)
         if model:
-            agent = _find(agents, model)
+            agent = _find(agents, model) or _find(await self.visible(client, fresh=True), model)
             if agent is None:
                 raise model_not_found(model)
             if session is not None:
@@ -44,7 +57,7 @@ class Routing:
             raise ProxyError(
                 404, "No model was given and there is no agent to use.", code="model_not_found", param="model"
             )
-        return default or agents[0]
+        return default or min(agents, key=lambda agent: agent.created)
 
     async def chat_key(self, header: str | None) -> str | None:
         """The client's chat key, when it gave one and this Letta can keep separate conversations."""
@@ -85,7 +98,20 @@ class Routing:
 
 
 def _find(agents: list[Agent], wanted: str | None) -> Agent | None:
-    return next((agent for agent in agents if wanted in (agent.name, agent.id)), None)
+    """The agent with this id, else the one agent with this name; several with the name is a 400."""
+    if wanted is None:
+        return None
+    if by_id := next((agent for agent in agents if agent.id == wanted), None):
+        return by_id
+    named = [agent for agent in agents if agent.name == wanted]
+    if len(named) > 1:
+        ids = ", ".join(agent.id for agent in named)
+        raise bad_request(
+            f"The model name '{wanted}' is shared by {len(named)} agents; name one by its id: {ids}.",
+            param="model",
+            code="ambiguous_model",
+        )
+    return named[0] if named else None
 
 
 def _store_down() -> ProxyError:

@@ -17,6 +17,7 @@ from letta_client.types.agents.message_create_params import ClientTool, Message
 from proxy import protocol
 from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
+from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
@@ -38,8 +39,9 @@ HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
 CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
+T = TypeVar("T")
 Whole = TypeVar("Whole", bound=msgspec.Struct)  # a whole answer: a chat.completion, a response
-Answer = protocol.ChatCompletion | AsyncIterator[bytes] | list[bytes]
+Answer = protocol.ChatCompletion | AsyncGenerator[bytes, None]
 Prepare = Callable[[Agent, str | None], Awaitable[None]]
 
 
@@ -87,7 +89,7 @@ class Turn:
 class Served(Generic[Whole]):
     """The answer (whole, or stream frames), and what the access log says of it."""
 
-    answer: Whole | AsyncIterator[bytes] | list[bytes]
+    answer: Whole | AsyncGenerator[bytes, None]
     agent: str | None = None
     turn: TurnTranslator | None = None
 
@@ -99,6 +101,7 @@ class Chat:
         self._turns = turns
         self._settings = settings
         self._approvals = Approvals(letta, settings.proxy_tool_approvals)
+        self.stall_seconds = settings.proxy_stall_seconds  # for the answer's sender
         self._limits = Limits(
             settings.proxy_max_messages,
             settings.proxy_max_text_chars,
@@ -112,7 +115,11 @@ class Chat:
         return self._limits
 
     async def serve(
-        self, client: Client, request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
+        self,
+        client: Client,
+        request: protocol.ChatCompletionRequest,
+        headers: Mapping[str, str],
+        watch: ClientWatch,
     ) -> Served[protocol.ChatCompletion]:
         header = ChunkHeader(f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), request.model or LOCAL_MODEL)
         include_usage = request.stream_options is not None and request.stream_options.include_usage
@@ -123,7 +130,7 @@ class Chat:
             agent = await self._routing.resolve(client, request.model, request.user)  # key, Letta, agent
             header = ChunkHeader(header.id, header.created, agent.name)
             return Served(_local("", header, request.stream, include_usage), agent.name)
-        return await self._turn(client, request, headers, header, include_usage)
+        return await self._turn(client, request, headers, header, include_usage, watch)
 
     async def _turn(
         self,
@@ -132,6 +139,7 @@ class Chat:
         headers: Mapping[str, str],
         header: ChunkHeader,
         include_usage: bool,
+        watch: ClientWatch,
     ) -> Served[protocol.ChatCompletion]:
         """A real turn, answered as a chat.completion or its chunks."""
         forward = self._settings.proxy_client_tools == "forward"
@@ -139,7 +147,7 @@ class Chat:
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
         messages = letta_messages(request, self._limits, results_given=bool(results))
         target = Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER))
-        turn = await self.run(client, target, Sent(messages, results, offered), stream=request.stream)
+        turn = await self.run(client, target, Sent(messages, results, offered), watch, stream=request.stream)
         header = ChunkHeader(header.id, header.created, turn.agent.name)
         translator = self.translator(turn, self._settings.proxy_tool_calls)
         if isinstance(turn.events, list):
@@ -158,6 +166,7 @@ class Chat:
         client: Client,
         target: Target,
         sent: Sent,
+        watch: ClientWatch,
         *,
         stream: bool,
         prepare: Prepare | None = None,
@@ -165,32 +174,46 @@ class Chat:
         """One turn, whatever the API: one at a time per agent (or per conversation), whole or streamed.
 
         `prepare` runs once the turn has its place in the queue, before anything reaches Letta: checks
-        that need the agent's history to stay as it is until the turn is sent.
+        that need the agent's history to stay as it is until the turn is sent. A client that leaves while
+        the turn waits in the queue never reaches Letta; one that leaves while Letta works on a whole
+        turn, or before its stream has started, gets the run cancelled before the agent is free for the
+        next turn. A started stream ends its turn itself, however it ends.
         """
         agent = await self._routing.resolve(client, target.model, target.user)
         offered = self._usable(agent, sent.client_tools)
         chat_key = None if target.pinned else await self._routing.chat_key(target.chat_key)
         line = target.conversation or chat_key
-        release = await self._turns.enter(agent.id if line is None else f"{agent.id}:{line}")
+        release = await watch.guard(self._turns.enter(agent.id if line is None else f"{agent.id}:{line}"))
+        conversation = target.conversation
+        reached = streaming = False
+
+        def end_stream() -> None:
+            if streaming:  # a stream that failed to open is ended below, once its run is cancelled
+                release()
+
         try:
-            conversation = target.conversation
             if chat_key:
-                conversation = await self._routing.conversation(client, agent, chat_key)
+                conversation = await watch.guard(self._routing.conversation(client, agent, chat_key))
             if prepare is not None:
-                await prepare(agent, conversation)
+                await watch.guard(prepare(agent, conversation))
             turn = TurnInput(agent, sent.messages, sent.results, offered, conversation)
+            reached = True
             if not stream and conversation is None:
-                try:
-                    whole = await self._approvals.send(turn)
-                finally:
-                    release()
+                whole = await watch.guard(self._approvals.send(turn))
+                release()
                 return Turn(turn, whole)
-            events = await self._approvals.stream(turn, on_close=release)
+            events = await watch.guard(self._approvals.stream(turn, on_close=end_stream))
+            streaming = True
+        except ClientGone:
+            if reached:  # the turn may have reached Letta: its run, if any, must not outlive the client
+                await self._letta.cancel_active(agent, conversation)
+            release()
+            raise
         except BaseException:
             release()  # ending a turn twice is harmless: a stream that failed to open has ended it already
             raise
         if not stream:  # a conversation's turn, which Letta only streams: gathered whole
-            return Turn(turn, [event async for event in events])
+            return Turn(turn, await watch.guard(_gather(events)))
         return Turn(turn, events)
 
     def translator(self, turn: Turn, tool_calls: ToolCallMode) -> TurnTranslator:
@@ -213,6 +236,10 @@ class Chat:
                 code="tools_unsupported",
             )
         return []
+
+
+async def _gather(events: AsyncIterator[T]) -> list[T]:
+    return [event async for event in events]
 
 
 def _fields(header: ChunkHeader) -> tuple[str, int, str]:

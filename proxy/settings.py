@@ -32,7 +32,10 @@ class Settings(BaseSettings):
     )
     letta_project: str | None = Field(None, description="Letta Cloud project, sent as the X-Project header.")
     letta_timeout: float = Field(
-        300.0, gt=0, description="Seconds to wait for Letta: a whole turn, or the gap between stream events."
+        300.0,
+        gt=0,
+        description="Seconds Letta may stay silent: one read, the gap between stream events, or a whole "
+        "agent listing.",
     )
     letta_connect_retries: int = Field(
         2,
@@ -49,7 +52,9 @@ class Settings(BaseSettings):
         Path("proxy-api-key.json"),
         description="Where the generated key is kept when PROXY_API_KEYS is unset.",
     )
-    proxy_default_agent: str | None = Field(None, description="Agent used when a request names no model.")
+    proxy_default_agent: str | None = Field(
+        None, description="Agent used when a request names no model; unset: the oldest agent the key may use."
+    )
     proxy_agents: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Allowlist of agent names or ids to expose, comma-separated; empty: all.",
@@ -73,8 +78,27 @@ class Settings(BaseSettings):
     proxy_queue_timeout: float = Field(
         120.0, gt=0, description="How long a turn may wait for its agent's previous turns before a 429."
     )
+    proxy_turn_timeout_seconds: float = Field(
+        900.0, gt=0, description="Seconds one turn may take in Letta in all, however steadily Letta answers."
+    )
+    proxy_max_upstream_bytes: int = Field(
+        32 * 1024 * 1024,
+        gt=0,
+        description="Largest answer read from Letta: a whole turn or a page of agents.",
+    )
     proxy_agent_cache_seconds: float = Field(5.0, ge=0, description="How long the agent list is reused.")
     proxy_max_body_bytes: int = Field(10 * 1024 * 1024, gt=0, description="Largest request body accepted.")
+    proxy_body_timeout_seconds: float = Field(
+        60.0, gt=0, description="Longest time a request body may take to arrive, then a 408."
+    )
+    proxy_max_connections: int = Field(
+        4096, ge=16, description="Most open client connections; beyond it new ones wait in the listen queue."
+    )
+    proxy_header_timeout_seconds: float = Field(
+        30.0,
+        ge=1,
+        description="A connection that sends no complete request head this long (new or idle) is closed.",
+    )
     proxy_max_messages: int = Field(5000, gt=0, description="Most messages one request may carry.")
     proxy_max_text_chars: int = Field(
         1_000_000, gt=0, description="Most characters of text forwarded to the agent in one request."
@@ -92,6 +116,12 @@ class Settings(BaseSettings):
     )
     proxy_keepalive_seconds: float = Field(
         15.0, gt=0, description="Idle seconds after which a stream gets an SSE comment, so no one cuts it."
+    )
+    proxy_stall_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="A stream whose client takes no bytes for this long is dropped: its run cancelled, "
+        "its agent freed for the next turn.",
     )
     proxy_shutdown_grace_seconds: int = Field(
         30, ge=0, description="On SIGTERM, how long open requests may take to finish before they are cut."

@@ -18,6 +18,55 @@ SYNC = wire("send_message.json")
 STREAM = sse_data("stream_tokens.sse")
 STATUSES = (401, 404, 409, 422, 429, 500, 503)
 STOP_REASONS = ("error", "max_steps", "requires_approval")
+# Letta's refusals as Letta 0.16.8 words them (letta/errors.py, server/rest_api/app.py), and Letta Cloud's
+# quota refusal: status, body, headers.
+REFUSALS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
+    "busy": (
+        409,
+        {
+            "detail": "CONFLICT: Cannot send a new message: Another request (run_id=run-busy) is currently "
+            "being processed for this conversation. Please wait for it to complete.",
+            "run_id": "run-busy",
+        },
+        {},
+    ),
+    "pending-approval": (
+        409,
+        {
+            "detail": {
+                "code": "PENDING_APPROVAL",
+                "message": "CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool "
+                "call. Please approve or deny the pending request before continuing.",
+                "pending_request_id": "message-1",
+            }
+        },
+        {},
+    ),
+    "no-credits": (
+        402,
+        {
+            "error": {
+                "type": "llm_insufficient_credits",
+                "message": "Insufficient credits for LLM request. Please check your account.",
+                "detail": "PAYMENT_REQUIRED: out of credits",
+            }
+        },
+        {},
+    ),
+    "quota": (429, {"message": "You have reached your plan's limit.", "reasons": ["premium-usage"]}, {}),
+    "rate-limited": (
+        429,
+        {
+            "error": {
+                "type": "llm_rate_limit",
+                "message": "Rate limit exceeded for LLM model provider. Please wait before making another "
+                "request.",
+                "detail": "RATE_LIMIT_EXCEEDED",
+            }
+        },
+        {"retry-after": "30"},
+    ),
+}
 SCENARIOS = (
     "ok",
     "hang",
@@ -27,10 +76,22 @@ SCENARIOS = (
     "endless-stream",
     "slow-stream",
     "error-event",
+    "drip",
+    "drip-event",
+    "pinging",
+    "empty-turn",
+    "html-stream",
+    "huge",
+    "huge-chunked",
+    "leak",
+    "leak-event",
+    *REFUSALS,
     *(f"status-{code}" for code in STATUSES),
     *(f"stop-{reason}" for reason in STOP_REASONS),
 )
-SLOW_GAP = 0.3  # seconds between events of the slow stream
+SLOW_GAP = 0.25  # seconds between events of the slow stream
+DRIP_GAP = 0.1  # seconds between the bytes of a dripping answer, well inside any read timeout
+HUGE = 4 * 1024 * 1024  # bytes of the huge answers
 
 Writer = Callable[[bytes], Awaitable[None]]
 
@@ -55,6 +116,7 @@ class FaultLetta:
         self.in_flight = 0
         self.connections = 0
         self.requests: list[str] = []
+        self.listing = "ok"
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -99,9 +161,11 @@ class FaultLetta:
         length = re.search(rb"(?i)content-length: *(\d+)", head)
         body = json.loads(await reader.readexactly(int(length.group(1)))) if length else {}
         self.requests.append(f"{method} {path}")
+        token = re.search(rb"(?i)authorization: *bearer +(\S+)", head)
+        secret = token.group(1).decode() if token else ""
         self.in_flight += 1
         try:
-            return await self._answer(method, path, body, reader, writer)
+            return await self._answer(method, path, body, secret, reader, writer)
         finally:
             self.in_flight -= 1
 
@@ -110,11 +174,12 @@ class FaultLetta:
         method: str,
         path: str,
         body: dict[str, Any],
+        secret: str,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
     ) -> bool:
         if path.startswith("/v1/agents/?") or path == "/v1/agents/":
-            return await _json(writer, 200, [] if "after=" in path else agents())
+            return await self._agents(path, reader, writer)
         if path == "/v1/health/":
             return await _json(writer, 200, {"status": "ok", "version": "fault"})
         match = re.fullmatch(r"/v1/agents/agent-([\w-]+)/messages(/cancel)?", path)
@@ -128,10 +193,23 @@ class FaultLetta:
             return False
         if scenario.startswith("status-"):
             return await _json(writer, int(scenario[7:]), {"detail": f"fault {scenario}"})
+        if scenario in REFUSALS:
+            status, payload, headers = REFUSALS[scenario]
+            return await _json(writer, status, payload, headers)
+        if scenario == "leak":  # Letta echoing our token and the user's words in its error
+            return await _json(writer, 500, {"detail": f"token {secret} refused for {body['messages']}"})
         if scenario == "invalid-json":
             return await _send(writer, 200, "application/json", b"{not json")
+        if scenario == "html-stream":
+            return await _send(writer, 200, "text/html", b"<html>Bad gateway</html>")
+        if scenario.startswith("huge"):
+            return await _huge(writer, reader, chunked=scenario == "huge-chunked")
         if body.get("streaming"):
-            return await self._stream(scenario, reader, writer)
+            return await self._stream(scenario, secret, reader, writer)
+        if scenario == "empty-turn":
+            return await _json(writer, 200, {})
+        if scenario == "drip":
+            return await _drip(writer, reader, raw("send_message.json"))
         if scenario.startswith("stop-"):
             return await _json(
                 writer,
@@ -140,8 +218,21 @@ class FaultLetta:
             )
         return await _send(writer, 200, "application/json", raw("send_message.json"))
 
+    async def _agents(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        """The agent list, or its fault of the moment: a cursor that never advances, a 429 asking for a
+        long wait, a failure every time, or no answer at all."""
+        if self.listing == "loop":
+            return await _json(writer, 200, agents())
+        if self.listing == "throttled":
+            return await _json(writer, 429, {"detail": "slow down"}, {"retry-after": "40"})
+        if self.listing == "failing":
+            return await _json(writer, 500, {"detail": "listing failed"})
+        if self.listing == "hang":
+            return await _silent(reader)
+        return await _json(writer, 200, [] if "after=" in path else agents())
+
     async def _stream(
-        self, scenario: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, scenario: str, secret: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -162,6 +253,8 @@ class FaultLetta:
                     "run_id": "run-x",
                 },
             ]
+        if scenario == "leak-event":
+            events = [{**STREAM[0], "message_type": "error_message", "message": f"token {secret} refused"}]
         for index, data in enumerate(events):
             await chunk(_event(data))
             if scenario == "slow-stream":
@@ -173,21 +266,74 @@ class FaultLetta:
             if index == 2 and scenario == "garbage-stream":
                 await chunk(b"this is not sse\n\ndata: {broken json\n\n")
             if index == 0 and scenario == "endless-stream":
-                await reader.read()  # silent until the proxy gives up and closes the connection
+                return await _silent(reader)
+            if index == 0 and scenario == "pinging":  # a ping every SLOW_GAP while the proxy listens (30 s)
+                for _ in range(120):
+                    if reader.at_eof():
+                        break
+                    await asyncio.sleep(SLOW_GAP)
+                    await chunk(_event(STREAM[0]))
                 return False
+            if index == 0 and scenario == "drip-event":  # an event that never completes, byte by byte
+                for byte in _event(STREAM[1]):
+                    if reader.at_eof():
+                        return False
+                    await chunk(bytes([byte]))
+                    await asyncio.sleep(SLOW_GAP)
         await chunk(b"data: [DONE]\n\n")
         await chunk(b"")
         return True
 
 
-async def _json(writer: asyncio.StreamWriter, status: int, payload: object) -> bool:
-    return await _send(writer, status, "application/json", json.dumps(payload).encode())
+async def _json(
+    writer: asyncio.StreamWriter, status: int, payload: object, headers: dict[str, str] | None = None
+) -> bool:
+    return await _send(writer, status, "application/json", json.dumps(payload).encode(), headers)
 
 
-async def _send(writer: asyncio.StreamWriter, status: int, media_type: str, body: bytes) -> bool:
-    writer.write(
-        b"HTTP/1.1 %d X\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s"
-        % (status, media_type.encode(), len(body), body)
-    )
+def _head(status: int, media_type: str, length: int | None, headers: dict[str, str] | None = None) -> bytes:
+    lines = [f"HTTP/1.1 {status} X", f"content-type: {media_type}"]
+    lines.append(f"content-length: {length}" if length is not None else "transfer-encoding: chunked")
+    lines += (f"{name}: {value}" for name, value in (headers or {}).items())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def _send(
+    writer: asyncio.StreamWriter,
+    status: int,
+    media_type: str,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+) -> bool:
+    writer.write(_head(status, media_type, len(body), headers) + body)
     await writer.drain()
     return True
+
+
+async def _silent(reader: asyncio.StreamReader) -> bool:
+    await reader.read()  # silent until the proxy gives up and closes the connection
+    return False
+
+
+async def _drip(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, body: bytes) -> bool:
+    """A whole answer a byte every DRIP_GAP: never silent long enough for a read timeout."""
+    writer.write(_head(200, "application/json", len(body)))
+    for byte in body:
+        if reader.at_eof():
+            return False
+        writer.write(bytes([byte]))
+        await writer.drain()
+        await asyncio.sleep(DRIP_GAP)
+    return True
+
+
+async def _huge(writer: asyncio.StreamWriter, reader: asyncio.StreamReader, *, chunked: bool) -> bool:
+    """HUGE bytes of a whole turn's JSON, declared up front or in chunks of unknown total."""
+    writer.write(_head(200, "application/json", None if chunked else HUGE))
+    piece = b" " * 65536
+    for _ in range(HUGE // len(piece)):
+        if reader.at_eof():
+            return False
+        writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+        await writer.drain()
+    return False

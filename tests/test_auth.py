@@ -58,7 +58,7 @@ def test_an_unreadable_key_file_stops_start_up(tmp_path: Path) -> None:
 )
 def test_the_presented_key_comes_from_bearer_or_x_api_key(headers: dict[str, str], key: bytes) -> None:
     """Only the two documented headers carry a key."""
-    assert presented_key(headers) == key
+    assert presented_key(headers.items()) == key
 
 
 @pytest.mark.parametrize(
@@ -79,6 +79,21 @@ def test_the_presented_key_comes_from_bearer_or_x_api_key(headers: dict[str, str
 )
 def test_malformed_or_ambiguous_keys_are_not_presented(headers: dict[str, str]) -> None:
     """Wrong scheme, empty bearer, whitespace, two disagreeing headers, over-long keys: no key at all."""
+    assert presented_key(headers.items()) is None
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("authorization", "Bearer sk-1"), ("Authorization", "Bearer sk-2")],
+        [("authorization", "Bearer sk-1"), ("authorization", "Bearer sk-1")],
+        [("authorization", "Basic eA=="), ("authorization", "Bearer sk-1")],
+        [("x-api-key", "sk-1"), ("X-Api-Key", "sk-2")],
+        [("authorization", "Bearer sk-1"), ("x-api-key", "sk-1"), ("x-api-key", "sk-1")],
+    ],
+)
+def test_a_key_header_sent_twice_is_refused(headers: list[tuple[str, str]]) -> None:
+    """Authorization or X-Api-Key repeated is ambiguous, whatever the values: no key at all."""
     assert presented_key(headers) is None
 
 
@@ -122,3 +137,52 @@ def test_an_unwritable_key_file_stops_start_up_with_one_line(
     with pytest.raises(SystemExit) as caught:
         load_clients(make_settings(tmp_path, proxy_api_keys=""))
     assert "PROXY_API_KEY_FILE" in str(caught.value.code) and "Permission denied" in str(caught.value.code)
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["sk-caf€", "sk-" + "k" * 254, "sk-a\u00a0b", "sk-\x01", "sk-a\tb"],
+    ids=["not-latin-1", "too-long", "nbsp", "control", "tab"],
+)
+def test_a_configured_key_no_request_can_send_stops_start_up_without_being_named(
+    tmp_path: Path, key: str
+) -> None:
+    """Such a key would never match: start-up stops with one line naming PROXY_API_KEYS, not the key."""
+    with pytest.raises(SystemExit) as caught:
+        load_clients(make_settings(tmp_path, proxy_api_keys=f"sk-fine,{key}:bot"))
+    message = str(caught.value.code)
+    assert message.startswith("invalid PROXY_API_KEYS entry 2:") and "\n" not in message
+    assert key not in message
+
+
+def test_a_latin_1_key_is_accepted_as_a_request_sends_it(tmp_path: Path) -> None:
+    """A header byte 0xe9 reads as 'é' (latin-1): a configured 'é' key matches it."""
+    [client] = load_clients(make_settings(tmp_path, proxy_api_keys="sk-caf\u00e9"))
+    assert identify(presented_key([("x-api-key", b"sk-caf\xe9".decode("latin-1"))]), [client]) == client
+
+
+def test_a_key_file_holding_a_key_no_request_can_send_stops_start_up(tmp_path: Path) -> None:
+    """The same rule for the kept key: the message names the file and the setting, not the key."""
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps({"api_key": "sk with space"}))
+    path.chmod(0o600)
+    with pytest.raises(SystemExit) as caught:
+        load_clients(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path))
+    assert "PROXY_API_KEY_FILE" in str(caught.value.code) and "sk with space" not in str(caught.value.code)
+
+
+@pytest.mark.parametrize("mode, warned", [(0o600, False), (0o640, True), (0o604, True), (0o620, True)])
+def test_a_key_file_open_to_other_users_is_used_with_a_warning_naming_its_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int, warned: bool
+) -> None:
+    """Group or other permissions on the key file: a warning with the path, never the key."""
+    path = tmp_path / "key.json"
+    path.write_text(json.dumps({"api_key": "sk-kept-key"}))
+    path.chmod(mode)
+    caplog.set_level("INFO")
+    assert load_clients(make_settings(tmp_path, proxy_api_keys="", proxy_api_key_file=path)) == [
+        Client(b"sk-kept-key")
+    ]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert bool(warnings) == warned
+    assert all(str(path) in w and "sk-kept-key" not in w for w in warnings)

@@ -7,10 +7,13 @@ import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from bench import wire
 from bench.fake_letta import Upstream
 from bench.processes import Servers, free_port, wait_ready
+
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [
@@ -19,6 +22,7 @@ ROWS = [
     "| stream, 32 concurrent, 5 chunks | first chunk p50 (ms) |",
     "| 50 open streams, slow upstream | peak RSS / PSS, whole process tree (MiB) |",
     "| 100 sequential (sync and stream alternately) | open files after 10 / 50 / 100 |",
+    "| siege: 20 idle connections + 4 stalled streams, 1 s | GET /health on a new connection: answered;",
 ]
 
 

@@ -24,7 +24,10 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from proxy.auth import load_clients
 from proxy.settings import Settings
+
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -112,7 +115,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 def test_compose_runs_letta_its_postgres_and_the_proxy(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) == {"letta-db", "letta", "proxy"}
-    assert services["letta"]["image"].startswith("letta/letta:")
+    assert services["letta"]["image"] == "letta/letta:${LETTA_VERSION:-0.16.8}"  # the version tested
     assert "pgvector" in services["letta-db"]["image"]
 
 
@@ -233,8 +236,21 @@ def test_k8s_settings_are_real_and_secrets_stay_secret(k8s: dict[str, dict[str, 
     assert set(secret) == SECRETS
     assert not set(config) & SECRETS
     # Placeholders that say so, never something that looks like a real key.
-    assert all(value.startswith("REPLACE-ME") for value in secret.values())
+    assert all(value.startswith("REPLACE ME") for value in secret.values())
     assert "REPLACE" in (K8S / "secret.yaml").read_text().split("apiVersion")[0]
+
+
+def test_the_k8s_placeholder_key_stops_the_proxy_instead_of_opening_it(
+    k8s: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Applied unedited, the Secret's placeholder is no key: start-up refuses it, naming the setting."""
+    placeholder = k8s["Secret"]["stringData"]["PROXY_API_KEYS"]
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None, proxy_api_keys=placeholder, proxy_api_key_file=tmp_path / "k.json"
+    )
+    with pytest.raises(SystemExit, match="PROXY_API_KEYS") as refused:
+        load_clients(settings)
+    assert placeholder not in str(refused.value)
 
 
 def pod(k8s: dict[str, dict[str, Any]]) -> dict[str, Any]:

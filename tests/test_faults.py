@@ -20,7 +20,10 @@ from tests.conftest import KEY, make_settings
 from tests.fault_letta import STATUSES, FaultLetta
 
 TIMEOUT = 1.0  # LETTA_TIMEOUT for these tests, in seconds
-DEADLINE = TIMEOUT + 3  # no request may take longer than this
+TURN_TIMEOUT = 3.0  # PROXY_TURN_TIMEOUT_SECONDS: longer than the slow stream takes
+MAX_UPSTREAM = 1024 * 1024  # PROXY_MAX_UPSTREAM_BYTES
+DEADLINE = TURN_TIMEOUT + 1.5  # no request may take longer than this
+LETTA_SECRET = "letta-secret-token"
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +37,18 @@ def fault() -> Iterator[FaultLetta]:
 def proxy(fault: FaultLetta, tmp_path: Path) -> Iterator[TestClient]:
     """The app in front of the fault server; on the way out, proof that nothing upstream was left open."""
     settings = make_settings(
-        tmp_path, letta_base_url=fault.url, letta_timeout=TIMEOUT, proxy_keepalive_seconds=0.1
+        tmp_path,
+        letta_base_url=fault.url,
+        letta_api_key=LETTA_SECRET,
+        letta_timeout=TIMEOUT,
+        proxy_turn_timeout_seconds=TURN_TIMEOUT,
+        proxy_max_upstream_bytes=MAX_UPSTREAM,
+        proxy_keepalive_seconds=0.1,
     )
     with TestClient(create_app(settings), timeout=30) as client:
         client.headers["X-Api-Key"] = KEY
         yield client
+        fault.listing = "ok"
         assert chat(client, "ok").json()["choices"][0]["message"]["content"].startswith("Echo:")
         assert _settles(lambda: fault.in_flight == 0), f"{fault.in_flight} upstream requests left open"
     assert _settles(lambda: fault.connections == 0), f"{fault.connections} upstream connections leaked"
@@ -97,14 +107,15 @@ def test_refused_connections_are_a_503(tmp_path: Path) -> None:
         assert error_of(client.get("/v1/models"), 503)["code"] == "upstream_unavailable"
 
 
-def test_a_letta_that_accepts_then_hangs_is_a_504(proxy: TestClient) -> None:
-    """A turn with no answer within LETTA_TIMEOUT is a 504 that must not be retried."""
-    response = chat(proxy, "hang")
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_letta_that_accepts_then_hangs_is_a_504(proxy: TestClient, stream: bool) -> None:
+    """A turn with no answer within LETTA_TIMEOUT is a 504 that must not be retried, before any stream."""
+    response = chat(proxy, "hang", stream=stream)
     assert error_of(response, 504)["code"] == "upstream_timeout"
     assert response.headers["x-should-retry"] == "false"
 
 
-@pytest.mark.parametrize("status", [s for s in STATUSES if s != 404])
+@pytest.mark.parametrize("status", [s for s in STATUSES if s not in (404, 429)])
 def test_letta_error_statuses_are_a_502_with_letta_s_message(proxy: TestClient, status: int) -> None:
     """Every 4xx/5xx from Letta is a 502 that names Letta's status and says what it said."""
     error = error_of(chat(proxy, f"status-{status}"), 502)
@@ -188,3 +199,142 @@ def test_stop_reason_requires_approval_is_explained(proxy: TestClient) -> None:
 def test_an_error_event_inside_the_stream_ends_it_with_an_error_frame(proxy: TestClient) -> None:
     """Letta's `error_message` event becomes the stream's error frame, carrying Letta's error type."""
     assert stream_error(chat(proxy, "error-event", stream=True))["code"] == "internal_error"
+
+
+def _cancelled(fault: FaultLetta, agent: str) -> bool:
+    return _settles(lambda: f"POST /v1/agents/agent-{agent}/messages/cancel" in fault.requests)
+
+
+@pytest.mark.slow
+def test_a_whole_turn_dripped_byte_by_byte_ends_at_the_turn_deadline(proxy: TestClient) -> None:
+    """No read ever times out, yet the turn is given up at PROXY_TURN_TIMEOUT_SECONDS: a 504."""
+    started = time.monotonic()
+    response = chat(proxy, "drip")
+    error = error_of(response, 504)
+    assert error["code"] == "upstream_timeout" and "took longer" in error["message"]
+    assert response.headers["x-should-retry"] == "false"
+    assert TURN_TIMEOUT <= time.monotonic() - started < TURN_TIMEOUT + 1
+
+
+@pytest.mark.slow
+def test_a_stream_that_pings_forever_ends_at_the_turn_deadline_and_its_run_is_cancelled(
+    proxy: TestClient, fault: FaultLetta
+) -> None:
+    """Pings keep every gap short; the turn deadline still ends the stream in-band, and the run."""
+    error = stream_error(chat(proxy, "pinging", stream=True))
+    assert error["code"] == "upstream_timeout" and "took longer" in error["message"]
+    assert _cancelled(fault, "pinging")
+
+
+@pytest.mark.slow
+def test_an_event_that_never_completes_ends_the_stream_after_letta_timeout(
+    proxy: TestClient, fault: FaultLetta
+) -> None:
+    """Bytes trickle in, but no whole event within LETTA_TIMEOUT: the stream ends and the run is cancelled."""
+    started = time.monotonic()
+    error = stream_error(chat(proxy, "drip-event", stream=True))
+    assert error["code"] == "upstream_timeout" and f"nothing for {TIMEOUT:g} s" in error["message"]
+    assert time.monotonic() - started < TURN_TIMEOUT
+    assert _cancelled(fault, "drip-event")
+
+
+def test_a_whole_turn_without_a_stop_reason_is_a_502(proxy: TestClient) -> None:
+    """`{}` is no answer: the turn is incomplete, as a stream without a stop reason is."""
+    response = chat(proxy, "empty-turn")
+    assert error_of(response, 502)["code"] == "upstream_incomplete"
+    assert response.headers["x-should-retry"] == "false"
+
+
+def test_an_html_answer_to_a_stream_is_a_502_before_the_stream_opens(proxy: TestClient) -> None:
+    """A 200 that is not an event stream is refused as an HTTP error, never a 200 stream."""
+    error = error_of(chat(proxy, "html-stream", stream=True), 502)
+    assert "text/html" in error["message"]
+
+
+@pytest.mark.parametrize("agent", ["huge", "huge-chunked"])
+def test_a_whole_turn_larger_than_the_cap_is_a_502(proxy: TestClient, fault: FaultLetta, agent: str) -> None:
+    """PROXY_MAX_UPSTREAM_BYTES bounds the answer, declared or not; the connection is dropped."""
+    assert error_of(chat(proxy, agent), 502)["code"] == "upstream_too_large"
+
+
+@pytest.mark.parametrize(
+    ("agent", "status", "code", "retry_after", "should_retry", "said"),
+    [
+        ("busy", 429, "agent_busy", "1", None, "Another request (run_id=run-busy) is currently"),
+        ("rate-limited", 429, "rate_limit_exceeded", "30", None, "Rate limit exceeded for LLM"),
+        ("no-credits", 429, "insufficient_quota", None, "false", "Insufficient credits for LLM request."),
+        ("quota", 429, "insufficient_quota", None, "false", "You have reached your plan's limit."),
+        ("pending-approval", 409, "pending_approval", None, "false", "waiting for approval on a tool call"),
+    ],
+)
+@pytest.mark.parametrize("stream", [False, True])
+def test_letta_refusals_keep_their_meaning(
+    proxy: TestClient,
+    agent: str,
+    status: int,
+    code: str,
+    retry_after: str | None,
+    should_retry: str | None,
+    said: str,
+    stream: bool,
+) -> None:
+    """Busy, rate limited, out of credits, awaiting approval: each as OpenAI clients understand it, with
+    Letta's words as text (never a Python repr) and its Retry-After."""
+    response = chat(proxy, agent, stream=stream)
+    error = error_of(response, status)
+    assert error["code"] == code
+    assert said in error["message"] and "{" not in error["message"]
+    assert response.headers.get("retry-after") == retry_after
+    assert response.headers.get("x-should-retry") == should_retry
+
+
+def test_letta_s_error_text_reaches_neither_client_nor_log_with_secrets(
+    proxy: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Letta echoing our token: redacted for the client; its text, which echoes the user, is not logged."""
+    response = chat(proxy, "leak")
+    message = error_of(response, 502)["message"]
+    assert LETTA_SECRET not in message and "[redacted]" in message
+    assert LETTA_SECRET not in caplog.text and "hello" not in caplog.text
+
+
+def test_letta_s_error_event_is_redacted(proxy: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    """The same for Letta's error event inside a stream."""
+    response = chat(proxy, "leak-event", stream=True)
+    assert "[redacted]" in stream_error(response)["message"]
+    assert LETTA_SECRET not in response.text and LETTA_SECRET not in caplog.text
+
+
+def _models(proxy: TestClient, fault: FaultLetta, listing: str) -> Any:
+    fault.listing = listing
+    started = time.monotonic()
+    response = proxy.get("/v1/models")
+    assert time.monotonic() - started < TIMEOUT + 1, "the listing outlived LETTA_TIMEOUT"
+    return response
+
+
+def test_an_agent_list_that_does_not_advance_is_a_502(proxy: TestClient, fault: FaultLetta) -> None:
+    """The same page again and again ends at the second repeat, not in an endless loop."""
+    before = len(fault.requests)
+    assert "repeat" in error_of(_models(proxy, fault, "loop"), 502)["message"]
+    assert len(fault.requests) - before == 2
+
+
+def test_a_letta_asking_to_wait_is_not_waited_out(proxy: TestClient, fault: FaultLetta) -> None:
+    """A 429 with Retry-After 40 is passed on at once, neither slept through nor retried."""
+    before = len(fault.requests)
+    response = _models(proxy, fault, "throttled")
+    assert error_of(response, 429)["code"] == "rate_limit_exceeded" and len(fault.requests) - before == 1
+    assert response.headers["retry-after"] == "40"
+
+
+def test_a_failing_agent_list_is_tried_three_times_quickly(proxy: TestClient, fault: FaultLetta) -> None:
+    """A 500 is worth two more tries, no more, within the one deadline."""
+    before = len(fault.requests)
+    assert error_of(_models(proxy, fault, "failing"), 502)["code"] == "upstream_error"
+    assert len(fault.requests) - before == 3
+
+
+def test_a_silent_agent_list_is_given_up_within_letta_timeout(proxy: TestClient, fault: FaultLetta) -> None:
+    """Retries included, the whole listing gets one LETTA_TIMEOUT."""
+    assert error_of(_models(proxy, fault, "hang"), 504)["code"] == "upstream_timeout"

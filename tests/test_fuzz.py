@@ -14,6 +14,8 @@ from proxy.app import create_app
 from tests.conftest import AGENT, KEY, agents_page, make_settings, mocked_letta
 from tests.letta_captures import raw
 
+pytestmark = pytest.mark.slow  # 5,100 requests; outside the fast loop
+
 CHAT = "/v1/chat/completions"
 FUZZ = settings(
     max_examples=1700,

@@ -13,7 +13,8 @@ import pytest
 import respx
 
 from proxy.errors import ProxyError
-from proxy.letta import Agent, Letta, _upstream_error
+from proxy.letta import Agent, Letta
+from proxy.letta_errors import map_failure
 from tests.conftest import AGENT, LETTA, agents_page, make_settings, sse
 from tests.letta_captures import raw
 
@@ -112,7 +113,7 @@ def test_an_error_event_before_anything_else_fails_the_opening(
     assert caught.value.status == 502 and not caught.value.retry_safe
 
 
-def test_a_malformed_event_mid_stream_is_an_upstream_error(tmp_path: Path, letta: respx.MockRouter) -> None:
+def test_a_malformed_event_mid_stream_is_anmap_failure(tmp_path: Path, letta: respx.MockRouter) -> None:
     """Garbage from Letta in the middle of a stream becomes a 502 error, not a crash."""
     body = raw("stream_tokens.sse").replace(b'"content":" me"}', b'"content":" me"', 1)
     letta["send"].mock(
@@ -225,7 +226,7 @@ def caused(outer: Exception, *causes: BaseException) -> Exception:
 def test_a_refused_connection_is_a_503_whatever_httpx_aiohttp_calls_it() -> None:
     """httpx-aiohttp maps aiohttp's refused connection to httpx's ConnectTimeout: the root cause decides."""
     refused = aiohttp.ClientConnectorError(MagicMock(), OSError(111, "Connection refused"))
-    error = _upstream_error(
+    error = map_failure(
         caused(letta_client.APITimeoutError(MagicMock()), httpx.ConnectTimeout("mapped"), refused),
         sent=True,
         secret=None,
@@ -244,5 +245,92 @@ def test_a_refused_connection_is_a_503_whatever_httpx_aiohttp_calls_it() -> None
 def test_transport_failures_map_by_their_root_cause(
     root: BaseException, sent: bool, status: int, code: str, retry_safe: bool
 ) -> None:
-    error = _upstream_error(caused(httpx.ReadError("wrapped"), root), sent=sent, secret=None)
+    error = map_failure(caused(httpx.ReadError("wrapped"), root), sent=sent, secret=None)
     assert (error.status, error.code, error.retry_safe) == (status, code, retry_safe)
+
+
+def test_concurrent_readiness_probes_share_one_check(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Twenty probes while Letta fails slowly: one health call, one answer for all."""
+
+    async def slow_failure(_: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.1)
+        return httpx.Response(500)
+
+    health = letta.get("/v1/health/").mock(side_effect=slow_failure)
+
+    async def probes(client: Letta) -> list[bool]:
+        return await asyncio.gather(*(client.ready() for _ in range(20)))
+
+    assert run(tmp_path, probes) == [False] * 20
+    assert health.call_count == 1
+
+
+def test_a_listing_longer_than_any_letta_holds_is_a_502(
+    tmp_path: Path, letta: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages that advance for ever stop at MAX_LIST_PAGES."""
+    monkeypatch.setattr("proxy.letta_agents.MAX_LIST_PAGES", 3)
+    pages = iter(range(1000))
+    letta["agents"].mock(
+        side_effect=lambda _: httpx.Response(200, json=[{**AGENT, "id": f"agent-{next(pages)}"}])
+    )
+    with pytest.raises(ProxyError, match="more than 3 pages"):
+        run(tmp_path, lambda client: client.agents())
+    assert letta["agents"].call_count == 3
+
+
+def status_error(status: int, body: object, **headers: str) -> letta_client.APIStatusError:
+    response = httpx.Response(status, json=body, headers=headers, request=httpx.Request("POST", LETTA))
+    return letta_client.APIStatusError("refused", response=response, body=body)
+
+
+def test_letta_s_validation_errors_are_text_and_stay_out_of_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    """FastAPI's 422 list reads as text for the client; the log has its status and no words of it."""
+    detail = [{"type": "missing", "loc": ["body", "x"], "msg": "Field required", "input": "user words"}]
+    error = map_failure(status_error(422, {"detail": detail}), sent=True, secret=None)
+    assert error.message == "The Letta server answered 422: body.x: Field required"
+    assert "422" in caplog.text and "Field required" not in caplog.text and "user words" not in caplog.text
+
+
+def test_letta_s_retry_after_is_passed_on() -> None:
+    """A Letta that is unavailable for a while says for how long; the client hears it."""
+    refusal = status_error(503, {"detail": "later"}, **{"retry-after": "7"})
+    error = map_failure(refusal, sent=False, secret=None)
+    assert (error.status, error.headers) == (502, {"Retry-After": "7"})
+
+
+def test_an_other_conflict_stays_letta_s_502() -> None:
+    """Only Letta's busy and pending-approval conflicts are told apart; a unique-name clash is not busy."""
+    error = map_failure(status_error(409, {"detail": "CONFLICT: name taken"}), sent=True, secret=None)
+    assert (error.status, error.code) == (502, "upstream_error")
+
+
+def _run(run_id: str, agent_id: str = AGENT["id"], conversation: str | None = None) -> dict[str, Any]:
+    return {"id": run_id, "agent_id": agent_id, "conversation_id": conversation, "status": "running"}
+
+
+@pytest.mark.parametrize(("conversation", "cancelled"), [(None, ["run-default"]), ("conv-1", ["run-conv-1"])])
+def test_cancelling_the_active_run_of_one_history_leaves_the_others(
+    tmp_path: Path, letta: respx.MockRouter, conversation: str | None, cancelled: list[str]
+) -> None:
+    """For a turn whose run id is unknown: only the active runs of its own history are cancelled."""
+    active = [_run("run-default"), _run("run-conv-1", conversation="conv-1"), _run("run-other", "agent-x")]
+    listed = letta.get("/v1/runs/").mock(return_value=httpx.Response(200, json=active))
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel").mock(
+        return_value=httpx.Response(200, json={})
+    )
+    run(tmp_path, lambda client: client.cancel_active(BOT, conversation))
+    params = listed.calls[0].request.url.params
+    assert params["agent_id"] == AGENT["id"] and params.get_list("statuses") == ["created", "running"]
+    assert json.loads(cancel.calls.last.request.content) == {"run_ids": cancelled}
+
+
+def test_no_active_run_means_no_cancel_and_a_failing_letta_raises_nothing(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """A run that already ended is left alone; a cancel that fails is logged, never raised to the caller."""
+    letta.get("/v1/runs/").mock(side_effect=[httpx.Response(200, json=[]), httpx.Response(500, json={})])
+    cancel = letta.post(f"/v1/agents/{AGENT['id']}/messages/cancel")
+    run(tmp_path, lambda client: client.cancel_active(BOT, None))
+    run(tmp_path, lambda client: client.cancel_active(BOT, None))
+    assert not cancel.called

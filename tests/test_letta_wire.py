@@ -1,11 +1,12 @@
 """Decoding Letta's wire format: real captures, cut at every byte, and Letta's error shapes."""
 
 import json
+import time
 
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.letta_wire import MAX_EVENT_BYTES, SSEDecoder, decode_agents, decode_turn
+from proxy.letta_wire import MAX_EVENT_BYTES, SSEDecoder, decode_agents, decode_turn, error_text
 from tests.letta_captures import raw, sse_data, wire
 
 
@@ -106,3 +107,73 @@ def test_an_agent_record_keeps_id_name_and_creation_time() -> None:
     captured = wire("list_agents.json")[0]
     assert (agent.id, agent.name) == (captured["id"], captured["name"])
     assert agent.created_at is not None and agent.created_at.isoformat()[:19] == captured["created_at"][:19]
+
+
+def test_a_long_line_costs_its_length_not_its_square() -> None:
+    """An 8 MiB event in 1 KiB pieces: each piece is kept, not re-joined with all before it."""
+    text = "x" * (8 * 1024 * 1024)
+    body = b'data: {"message_type":"assistant_message","content":"' + text.encode() + b'"}\n\n'
+    decoder = SSEDecoder()
+    started = time.perf_counter()
+    messages = [m for i in range(0, len(body), 1024) for m in decoder.feed(body[i : i + 1024])]
+    assert time.perf_counter() - started < 1.0
+    assert [len(m.content or "") for m in messages] == [len(text)]
+
+
+def test_a_whole_turn_without_a_stop_reason_is_incomplete() -> None:
+    """`{}` is not an empty answer but a broken one, as a stream without a stop reason is."""
+    with pytest.raises(ProxyError) as caught:
+        decode_turn(b"{}")
+    assert (caught.value.status, caught.value.code, caught.value.retry_safe) == (
+        502,
+        "upstream_incomplete",
+        False,
+    )
+
+
+SECRET = "letta-token-123"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"message_type": "error_message", "error_type": "internal_error", "message": f"bad key {SECRET}"},
+        {"error": {"message": f"bad key {SECRET}", "type": "x"}, "code": "INTERNAL_SERVER_ERROR"},
+        {"detail": f"bad key {SECRET}"},
+    ],
+)
+def test_letta_s_error_events_are_passed_on_as_text_without_our_token(data: dict[str, object]) -> None:
+    body = b"event: error\ndata: " + json.dumps(data).encode() + b"\n\n"
+    with pytest.raises(ProxyError) as caught:
+        list(SSEDecoder(SECRET).feed(body))
+    assert "bad key [redacted]" in caught.value.message and SECRET not in caught.value.message
+    assert "{" not in caught.value.message
+
+
+def test_an_error_message_in_a_whole_turn_is_redacted() -> None:
+    """A turn's `error_message`, raised later by the translator, has lost our token already."""
+    answer = {
+        **wire("send_message.json"),
+        "messages": [{"message_type": "error_message", "message": f"bad key {SECRET}"}],
+    }
+    [message] = decode_turn(json.dumps(answer).encode(), SECRET).messages
+    assert message.failure().message.endswith("bad key [redacted]")
+
+
+@pytest.mark.parametrize(
+    ("detail", "text"),
+    [
+        ("plain words", "plain words"),
+        (
+            [{"type": "missing", "loc": ["body", "messages"], "msg": "Field required", "input": "words"}],
+            "body.messages: Field required",
+        ),
+        ({"code": "PENDING_APPROVAL", "message": "waiting", "pending_request_id": "m-1"}, "waiting"),
+        ({"type": "llm_error", "detail": "deep"}, "deep"),
+        ({"nothing": "useful"}, ""),
+        (None, ""),
+    ],
+)
+def test_letta_s_error_details_read_as_text(detail: object, text: str) -> None:
+    """FastAPI's validation list, Letta's dicts: text, never a repr, never the `input` echoed back."""
+    assert error_text(detail) == text

@@ -1,12 +1,18 @@
 """__main__.py: the command a person runs first: --help, and what start-up says."""
 
+import resource
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from proxy.__main__ import SPARE_FILES, raise_file_limit
 from proxy.settings import Settings
 from tests.conftest import KEY
 from tests.proxy_process import PROJECT_ROOT, free_port, running_proxy
+
+pytestmark = pytest.mark.slow  # real processes; outside the fast loop
 
 
 def test_help_lists_every_setting(tmp_path: Path) -> None:
@@ -49,3 +55,17 @@ def test_start_up_names_the_generated_key_file_but_not_the_key(tmp_path: Path) -
     key_file = tmp_path / "proxy-api-key.json"
     assert str(key_file) in output
     assert key_file.read_text().split('"')[3] not in output
+
+
+def test_the_open_file_limit_is_lifted_for_the_connection_cap(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two descriptors per connection plus spare; up to the hard limit, with a warning when that is short."""
+    limits = {"soft": 1024, "hard": 5000}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: limits.update(soft=value[0]))
+    raise_file_limit(1000)
+    assert limits["soft"] == 2 * 1000 + SPARE_FILES and not caplog.records
+    raise_file_limit(4096)
+    assert limits["soft"] == 5000
+    assert "PROXY_MAX_CONNECTIONS=4096" in caplog.text

@@ -207,3 +207,57 @@ def test_without_conversations_the_chat_key_is_ignored(proxy: TestClient, letta:
     body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
     assert proxy.post(CHAT, json=body, headers=chat_key("x")).status_code == 200
     assert letta["send"].called
+
+
+# --- the default agent and shared names -----------------------------------------------------------
+
+
+def test_without_a_model_the_oldest_agent_answers_not_the_newest(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """An agent created later (listed first, as Letta lists newest first) never becomes the default."""
+    newer = {**OTHER, "created_at": "2099-01-01T00:00:00Z"}
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [newer, AGENT]))
+    with app(tmp_path) as client:
+        assert ask(client, "sk-all").json()["model"] == AGENT["name"]
+
+
+def test_agents_sharing_a_name_are_listed_by_id_and_the_name_is_refused(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """Two agents named alike: each is listed and reached by its id; the bare name is a 400 naming both."""
+    twin = {**AGENT, "id": "agent-twin"}
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, twin, OTHER]))
+    with app(tmp_path) as client:
+        listed = client.get("/v1/models", headers={"X-Api-Key": "sk-all"}).json()["data"]
+        assert [model["id"] for model in listed] == [AGENT["id"], "agent-twin", "other"]
+        refused = ask(client, "sk-all", model=AGENT["name"])
+        error = refused.json()["error"]
+        assert refused.status_code == 400 and error["code"] == "ambiguous_model" and error["param"] == "model"
+        assert AGENT["id"] in error["message"] and "agent-twin" in error["message"]
+        assert not letta["send"].called
+        assert ask(client, "sk-all", model=AGENT["id"]).json()["model"] == AGENT["name"]
+
+
+def test_an_agent_made_a_moment_ago_is_found_without_waiting_for_the_cache(
+    tmp_path: Path, letta: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model missing from the cached list lists again at once; misses cost at most one listing a second."""
+    now = [1000.0]
+    monkeypatch.setattr("proxy.letta_agents.time.monotonic", lambda: now[0])
+    listed = [AGENT]
+    letta["agents"].mock(side_effect=lambda request: agents_page(request, listed))
+    with app(tmp_path, proxy_agent_cache_seconds=600) as client:
+        assert ask(client, "sk-all").status_code == 200
+        listings = letta["agents"].call_count
+        listed.append(OTHER)
+        now[0] += 1.5  # the cached list is 1.5 s old, far inside its 600 s
+        letta.post(f"/v1/agents/{OTHER['id']}/messages").mock(
+            return_value=httpx.Response(200, json=wire("send_message.json"))
+        )
+        assert ask(client, "sk-all", model="other").json()["model"] == "other"
+        relisted = letta["agents"].call_count
+        assert relisted > listings
+        for _ in range(5):
+            assert ask(client, "sk-all", model="no-such-agent").status_code == 404
+        assert letta["agents"].call_count == relisted

@@ -10,7 +10,7 @@ import anyio
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.stream import DONE, KEEPALIVE, ChunkHeader, Paced, sse_frames
+from proxy.stream import DONE, KEEPALIVE, WRITE_BYTES, ChunkHeader, Paced, sse_frames
 from proxy.translate import TurnTranslator
 from tests.letta_captures import event, events
 
@@ -385,3 +385,20 @@ def test_a_cancellation_raised_by_the_source_itself_reaches_the_client() -> None
                 await anext(batches)
 
     within(1, read())
+
+
+def test_a_burst_of_events_goes_out_in_writes_of_bounded_size() -> None:
+    """However large the events in at once, no write exceeds WRITE_BYTES by more than one frame: the server
+    keeps a number of writes per stream, so their size bounds what a client that stops reading holds."""
+    captured = events("stream_tokens.sse")
+    text = "x" * 1000
+    big = event({"message_type": "assistant_message", "content": text})
+    burst = [*captured[:1], *[big] * 40, *captured[-2:]]  # the reader queues them faster than they go
+
+    async def collect() -> list[bytes]:
+        return [f async for f in stream(_source(burst))]
+
+    out = asyncio.run(collect())
+    framed = delta({"content": text})
+    assert max(len(w) for w in out) < WRITE_BYTES + len(framed)
+    assert split(out).count(framed) == 40  # nothing lost

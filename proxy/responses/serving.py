@@ -16,6 +16,7 @@ from typing import Any, cast
 import msgspec
 
 from proxy.auth import Client
+from proxy.disconnect import ClientWatch
 from proxy.errors import ProxyError, bad_request, upstream_failure
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
@@ -46,8 +47,12 @@ class Responses:
         shown = settings.proxy_reasoning and settings.proxy_tool_calls == "reasoning"
         self._tool_calls: ToolCallMode = "reasoning" if shown else "drop"
 
+    @property
+    def stall_seconds(self) -> float:
+        return self._chat.stall_seconds
+
     async def create(
-        self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str]
+        self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str], watch: ClientWatch
     ) -> Served[wire.Response]:
         created_at = int(time.time())
         if request.previous_response_id and request.conversation_id:
@@ -68,7 +73,7 @@ class Responses:
         sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
         target, prepare = self._target(request, headers, previous)
         try:
-            turn = await self._chat.run(client, target, sent, stream=request.stream, prepare=prepare)
+            turn = await self._chat.run(client, target, sent, watch, stream=request.stream, prepare=prepare)
         except ProxyError as error:
             if error.param == "messages":  # the shared checks of tool results name chat's field
                 error.param = "input"

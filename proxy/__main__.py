@@ -15,7 +15,6 @@ import signal
 import sys
 from typing import Any
 
-import letta_client
 import uvloop
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
@@ -23,11 +22,10 @@ from granian.server.embed import Server
 from pydantic import ValidationError
 
 from proxy.app import create_app
-from proxy.auth import load_clients
+from proxy.auth import Client, load_clients
 from proxy.settings import Settings, describe_error
 
 log = logging.getLogger("proxy")
-STARTUP_CHECK_TIMEOUT = 3.0
 SPARE_FILES = 256  # beyond two per connection (the client's and its Letta one): logs, sockets, the venv
 
 
@@ -35,6 +33,14 @@ SPARE_FILES = 256  # beyond two per connection (the client's and its Letta one):
 # options, JSON body included): pinned at warning whatever PROXY_LOG_LEVEL (or LETTA_LOG) says, so that
 # message text never reaches the log.
 QUIET_LOGGERS = ("letta_client", "httpx", "httpcore", "httpx_aiohttp", "aiohttp")
+
+
+class NotExperimental(logging.Filter):
+    """Granian calls its embedded server experimental at every start; the proxy chose it knowingly
+    (module docstring), so operators are spared the line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Embedded server is experimental")
 
 
 def logging_config(level: str, form: str) -> dict[str, Any]:
@@ -49,10 +55,11 @@ def logging_config(level: str, form: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"main": formatter},
+        "filters": {"not_experimental": {"()": "proxy.__main__.NotExperimental"}},
         "handlers": {"stderr": handler},
         "root": {"handlers": ["stderr"], "level": level.upper()},
         "loggers": {
-            "_granian": {"level": level.upper()},
+            "_granian": {"level": level.upper(), "filters": ["not_experimental"]},
             **{name: {"level": "WARNING"} for name in QUIET_LOGGERS},
         },
     }
@@ -72,19 +79,6 @@ def usage() -> argparse.ArgumentParser:
         epilog="\n".join(lines),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-
-
-def check_letta(settings: Settings) -> None:
-    """Says at start-up whether Letta answers; the proxy starts either way and /ready tells later."""
-    key = settings.letta_api_key.get_secret_value() if settings.letta_api_key else None
-    try:
-        with letta_client.Letta(
-            base_url=settings.letta_base_url, api_key=key, timeout=STARTUP_CHECK_TIMEOUT, max_retries=0
-        ) as client:
-            version = getattr(client.health(), "version", "?")
-        log.info("Letta at %s answered (version %s)", settings.letta_base_url, version)
-    except letta_client.APIError as exc:
-        log.warning("Letta at %s does not answer yet (%s)", settings.letta_base_url, exc.__class__.__name__)
 
 
 def raise_file_limit(connections: int) -> None:
@@ -123,10 +117,10 @@ def connection_policy(settings: Settings) -> dict[str, Any]:
     }
 
 
-async def serve(settings: Settings, log_config: dict[str, Any]) -> None:
+async def serve(settings: Settings, log_config: dict[str, Any], clients: list[Client]) -> None:
     """Serves until SIGTERM or SIGINT; then new connections are refused and open requests get the grace."""
     server = Server(
-        create_app(settings),
+        create_app(settings, clients),
         interface=Interfaces.ASGI,
         address=settings.proxy_host,
         port=settings.proxy_port,
@@ -160,11 +154,9 @@ def main() -> None:
         sys.exit(describe_error(error))
     config = logging_config(settings.proxy_log_level, settings.proxy_log_format)
     logging.config.dictConfig(config)
-    load_clients(settings)  # here, so a key file problem stops start-up before Letta is asked
-    check_letta(settings)
+    clients = load_clients(settings)  # here, so that a key problem stops start-up before anything else
     raise_file_limit(settings.proxy_max_connections)
-    log.info("listening on http://%s:%d", settings.proxy_host, settings.proxy_port)
-    uvloop.run(serve(settings, config))
+    uvloop.run(serve(settings, config, clients))
 
 
 if __name__ == "__main__":

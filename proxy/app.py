@@ -7,7 +7,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from proxy.auth import load_clients
+from proxy.auth import Client, load_clients
 from proxy.edge import ProxyRequest, body_deadline
 from proxy.errors import exception_handlers, json_not_found
 from proxy.letta import Letta
@@ -39,8 +39,9 @@ def _singleton(value: object) -> Provide:
     return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
 
-def create_app(settings: Settings) -> Litestar:
-    """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front."""
+def create_app(settings: Settings, clients: list[Client] | None = None) -> Litestar:
+    """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front
+    (or given, by the command that has loaded them already to check them before anything else)."""
     letta = Letta(settings)
     store = open_store(
         settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
@@ -57,8 +58,9 @@ def create_app(settings: Settings) -> Litestar:
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,
+        on_startup=[letta.announce],
         on_shutdown=[letta.aclose, store.aclose],
-        state=State({"clients": load_clients(settings)}),
+        state=State({"clients": load_clients(settings) if clients is None else clients}),
         request_max_body_size=settings.proxy_max_body_bytes,
         cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)
         if settings.proxy_cors_origins

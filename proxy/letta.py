@@ -20,8 +20,10 @@ from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError, upstream_failure
-<<<<<<< HEAD
+from proxy.letta_agents import Agent, AgentDirectory
+from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
 from proxy.letta_wire import (
+    AgentRecord,
     LettaMessage,
     LettaTurn,
     RunRecord,
@@ -32,11 +34,6 @@ from proxy.letta_wire import (
     decode_turn,
     decode_usage,
 )
-=======
-from proxy.letta_agents import Agent, AgentDirectory
-from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
-from proxy.letta_wire import AgentRecord, LettaMessage, LettaTurn, SSEDecoder, decode_agents, decode_turn
->>>>>>> main
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -49,75 +46,9 @@ READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
-<<<<<<< HEAD
 RUN_MESSAGES = 1000  # messages of one past turn read back, at most
-
-
-@dataclass(frozen=True, slots=True)
-class Agent:
-    id: str
-    name: str
-    created: int
-    type: str | None = None  # Letta's agent type: only some take client tools
-
-
-TRANSPORT_ERRORS = (aiohttp.ClientError, httpx.TransportError, TimeoutError)
-
-
-def _root_cause(exc: BaseException) -> BaseException:
-    """The innermost transport error behind `exc`: the SDK wraps httpx's error, which wraps aiohttp's,
-    and httpx-aiohttp maps some of aiohttp's to the wrong httpx class (a refused connection to a timeout)."""
-    root, cause = exc, exc.__cause__
-    while cause is not None:
-        root = cause if isinstance(cause, TRANSPORT_ERRORS) else root
-        cause = cause.__cause__
-    return root
-
-
-def _upstream_error(exc: Exception, *, sent: bool, secret: str | None) -> ProxyError:
-    """Maps an SDK or transport failure to 503/504/502; `sent` marks failures after the turn left us.
-
-    Letta's own words are passed on, shortened, with our Letta token cut out should Letta echo it.
-    """
-    if isinstance(exc, letta_client.APIStatusError):
-        detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-        summary = str(detail or exc.response.reason_phrase)
-        summary = (summary.replace(secret, "[redacted]") if secret else summary)[:200]
-        log.warning("Letta answered %s: %s", exc.status_code, summary)
-        return ProxyError(
-            502,
-            f"The Letta server answered {exc.status_code}: {summary}",
-            type="server_error",
-            code="upstream_error",
-            retry_safe=not sent,
-        )
-    root = _root_cause(exc)
-    if isinstance(root, TimeoutError | httpx.TimeoutException):
-        log.warning("Letta timed out: %s", root.__class__.__name__)
-        return ProxyError(
-            504,
-            "The Letta server did not answer in time.",
-            type="server_error",
-            code="upstream_timeout",
-            retry_safe=not sent,
-        )
-    if sent and not isinstance(root, aiohttp.ClientConnectorError | httpx.ConnectError):
-        log.warning("Letta's connection broke off: %s", root.__class__.__name__)
-        return upstream_failure(
-            "The Letta server closed the connection before the turn was complete.",
-            code="upstream_disconnected",
-        )
-    log.warning("Letta unreachable: %s", root.__class__.__name__)
-    return ProxyError(  # safe to resend: there was no connection, or the turn had not left yet
-        503, "The Letta server is unreachable.", type="server_error", code="upstream_unavailable"
-    )
-
-
-UPSTREAM_ERRORS = (letta_client.APIError, httpx.HTTPError, *TRANSPORT_ERRORS)  # aiohttp's unmapped ones too
-=======
 READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
 READ_BUFSIZE = 16 * 1024  # aiohttp's per-connection read buffer, the first bound of a stream's memory
->>>>>>> main
 
 
 def _with_otids(messages: Iterable[Message]) -> list[Message]:
@@ -181,6 +112,19 @@ class Letta:
             await asyncio.wait(self._background, timeout=CANCEL_TIMEOUT)
         await self._client.close()
 
+    def announce(self) -> None:
+        """Says, once Letta has answered or failed to at start-up, whether it answers: in the background,
+        so that a Letta that hangs never delays serving; /ready tells the rest."""
+        self._in_background(self._announce())
+
+    async def _announce(self) -> None:
+        try:
+            health = await self._client.with_options(timeout=READY_TIMEOUT).health()
+            log.info("Letta at %s answered (version %s)", self._client.base_url, health.version)
+        except UPSTREAM_ERRORS as exc:
+            error = map_failure(exc, sent=False, secret=self._secret)
+            log.warning("Letta at %s does not answer yet: %s", self._client.base_url, error.message)
+
     async def ready(self) -> bool:
         """Whether Letta answers its health check; remembered briefly, and asked once however many
         probes come meanwhile, so that probes cannot flood a failing Letta."""
@@ -201,32 +145,6 @@ class Letta:
             self._ready_at = time.monotonic()
             self._checking = None
 
-<<<<<<< HEAD
-    async def _list_agents(self) -> list[Agent]:
-        """Every page, decoded by msgspec into the three fields used: pydantic took 1.4 s per 1,000 agents."""
-        client = self._client.with_options(max_retries=LIST_RETRIES)
-        listed: list[Agent] = []
-        params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
-        while page := decode_agents(
-            (await client.get("/v1/agents/", cast_to=httpx.Response, options={"params": params})).content
-        ):
-            listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0, a.agent_type)
-                for a in page
-            )
-            params["after"] = page[-1].id
-        if not self._allowed:
-            return listed
-        return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
-
-    async def send(
-        self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None
-    ) -> LettaTurn:
-        """One whole turn."""
-        body = _turn_body(messages, client_tools or [])
-        response = await self._retrying(lambda: self._post(f"/v1/agents/{agent.id}/messages", body))
-        return decode_turn(response.content)
-=======
     async def agents(self, *, fresh: bool = False) -> list[Agent]:
         return await self._directory.agents(fresh=fresh)
 
@@ -246,14 +164,15 @@ class Letta:
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
 
-    async def send(self, agent: Agent, messages: Iterable[MessageCreateParam]) -> LettaTurn:
+    async def send(
+        self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None
+    ) -> LettaTurn:
         """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
-        body = {"messages": _with_otids(messages)}
+        body = _turn_body(messages, client_tools or [])
         path = f"/v1/agents/{agent.id}/messages"
         async with self._within(asyncio.get_running_loop().time() + self._turn_seconds):
             answer = await self._retrying(lambda: self._post_whole(path, body))
         return decode_turn(answer, self._secret)
->>>>>>> main
 
     async def _post(self, path: str, body: dict[str, Any], *, unread: bool = False) -> httpx.Response:
         """A POST through the SDK (URL, credentials, timeouts, errors) that leaves decoding to msgspec.
@@ -263,28 +182,6 @@ class Letta:
         headers = READ_WHOLE if unread else {}
         return await self._client.post(path, body=body, cast_to=httpx.Response, options={"headers": headers})
 
-<<<<<<< HEAD
-    async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
-        """The newest message of the agent's default history, or of a conversation: an approval request
-        there means the agent waits on tool calls."""
-        return next(iter(await self.recent_messages(agent, conversation, 1)), None)
-
-    async def recent_messages(self, agent: Agent, conversation: str | None, limit: int) -> list[LettaMessage]:
-        """The newest messages of the agent's default history, or of a conversation, newest first.
-
-        Letta 0.16.8 lists the newest `limit` messages, but the default history oldest first and a
-        conversation newest first, whatever `order` says; this puts both newest first.
-        """
-        path = f"/v1/conversations/{conversation or 'default'}/messages"
-        params: dict[str, object] = {"limit": limit, "order": "desc"}
-        if conversation is None:
-            params["agent_id"] = agent.id
-        response = await self._call(
-            lambda: self._client.get(path, cast_to=httpx.Response, options={"params": params}), sent=False
-        )
-        messages = decode_messages(response.content)
-        return messages if conversation else messages[::-1]
-=======
     async def _post_whole(self, path: str, body: dict[str, Any]) -> bytes:
         return await self._body(await self._post(path, body, unread=True), sent=True)
 
@@ -314,7 +211,63 @@ class Letta:
             else:
                 message = f"The Letta server sent nothing for {self._gap:g} s."
             raise timed_out(message) from exc
->>>>>>> main
+
+    async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
+        """The newest message of the agent's default history, or of a conversation: an approval request
+        there means the agent waits on tool calls."""
+        return next(iter(await self.recent_messages(agent, conversation, 1)), None)
+
+    async def recent_messages(self, agent: Agent, conversation: str | None, limit: int) -> list[LettaMessage]:
+        """The newest messages of the agent's default history, or of a conversation, newest first.
+
+        Letta 0.16.8 lists the newest `limit` messages, but the default history oldest first and a
+        conversation newest first, whatever `order` says; this puts both newest first.
+        """
+        params: dict[str, object] = {"limit": limit, "order": "desc"}
+        if conversation is None:
+            params["agent_id"] = agent.id
+        try:
+            body = await self._get(f"/v1/conversations/{conversation or 'default'}/messages", params)
+        except letta_client.NotFoundError as exc:
+            raise ProxyError(
+                404, "The agent or conversation of this turn no longer exists in Letta.", code="not_found"
+            ) from exc
+        messages = decode_messages(body)
+        return messages if conversation else messages[::-1]
+
+    async def conversation_agent(self, conversation: str) -> str | None:
+        """The agent a conversation belongs to; None when Letta has no such conversation."""
+        try:
+            found = await self._client.conversations.retrieve(conversation)
+        except letta_client.NotFoundError:
+            return None
+        except UPSTREAM_ERRORS as exc:
+            raise map_failure(exc, sent=False, secret=self._secret) from exc
+        return found.agent_id
+
+    async def run(self, run_id: str) -> tuple[RunRecord, list[LettaMessage], LettaMessage] | None:
+        """A past turn as Letta keeps it: the run, its messages (oldest first) and its usage; None if gone."""
+        try:
+            run, messages, usage = await asyncio.gather(
+                self._get(f"/v1/runs/{run_id}", {}),
+                self._get(f"/v1/runs/{run_id}/messages", {"limit": RUN_MESSAGES, "order": "asc"}),
+                self._get(f"/v1/runs/{run_id}/usage", {}),
+            )
+        except letta_client.NotFoundError:
+            return None
+        return decode_run(run), decode_messages(messages), decode_usage(usage)
+
+    async def _get(self, path: str, params: dict[str, object]) -> bytes:
+        """A GET through the SDK, its body read within the proxy's bounds. Letta's 404 passes as the SDK's
+        NotFoundError, for the caller to say what is missing."""
+        options = {"params": params, "headers": READ_WHOLE}
+        try:
+            response = await self._client.get(path, cast_to=httpx.Response, options=options)
+        except letta_client.NotFoundError:
+            raise
+        except UPSTREAM_ERRORS as exc:
+            raise map_failure(exc, sent=False, secret=self._secret) from exc
+        return await self._body(response, sent=False)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""
@@ -474,15 +427,6 @@ class Letta:
     async def _call(self, call: Callable[[], Awaitable[T]], *, sent: bool) -> T:
         try:
             return await call()
-        except letta_client.ConflictError as exc:
-            detail = exc.body.get("detail") if isinstance(exc.body, dict) else None
-            if (
-                isinstance(detail, dict) and detail.get("code") == "PENDING_APPROVAL"
-            ):  # approvals.py answers it
-                raise ProxyError(
-                    409, "The agent is waiting for the approval of a tool call.", code="pending_approval"
-                ) from exc
-            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
         except letta_client.NotFoundError as exc:
             if sent:
                 self._directory.forget()  # the agent is gone: list again next time
@@ -494,36 +438,6 @@ class Letta:
                 ) from exc
             raise map_failure(exc, sent=sent, secret=self._secret) from exc
         except UPSTREAM_ERRORS as exc:
-<<<<<<< HEAD
-            raise _upstream_error(exc, sent=sent, secret=self._secret) from exc
-
-    async def conversation_agent(self, conversation: str) -> str | None:
-        """The agent a conversation belongs to; None when Letta has no such conversation."""
-        try:
-            found = await self._client.conversations.retrieve(conversation)
-        except letta_client.NotFoundError:
-            return None
-        except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=False, secret=self._secret) from exc
-        return found.agent_id
-
-    async def run(self, run_id: str) -> tuple[RunRecord, list[LettaMessage], LettaMessage] | None:
-        """A past turn as Letta keeps it: the run, its messages (oldest first) and its usage; None if gone."""
-        try:
-            run, messages, usage = await asyncio.gather(
-                self._get(f"/v1/runs/{run_id}", {}),
-                self._get(f"/v1/runs/{run_id}/messages", {"limit": RUN_MESSAGES, "order": "asc"}),
-                self._get(f"/v1/runs/{run_id}/usage", {}),
-            )
-        except letta_client.NotFoundError:
-            return None
-        except UPSTREAM_ERRORS as exc:
-            raise _upstream_error(exc, sent=False, secret=self._secret) from exc
-        return decode_run(run.content), decode_messages(messages.content), decode_usage(usage.content)
-
-    async def _get(self, path: str, params: dict[str, object]) -> httpx.Response:
-        return await self._client.get(path, cast_to=httpx.Response, options={"params": params})
-=======
             raise map_failure(exc, sent=sent, secret=self._secret) from exc
 
 
@@ -541,4 +455,3 @@ def _passing(exc: Exception) -> bool:
         status = exc.status_code
         return (status >= 500 or status in (408, 429)) and "retry-after" not in exc.response.headers
     return True
->>>>>>> main

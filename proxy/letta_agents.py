@@ -30,6 +30,7 @@ class Agent:
     id: str
     name: str
     created: int
+    type: str | None = None  # Letta's agent type: only some take client tools
 
 
 class AgentDirectory:
@@ -108,7 +109,8 @@ class AgentDirectory:
             if not page:
                 return listed
             listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0) for a in page
+                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0, a.agent_type)
+                for a in page
             )
             if page[-1].id in cursors:
                 raise _bad_listing("its pages repeat themselves")

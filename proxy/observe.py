@@ -16,7 +16,6 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
 access = logging.getLogger("proxy.access")
-REQUEST_ID_HEADER = "x-request-id"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -132,13 +131,14 @@ def _record(
     usage = turn.usage if turn is not None else None
     path = printable(scope["path"])
     access.info(
-        "%s %s %s %.1fms agent=%s tokens=%s",
+        "%s %s %s %.1fms agent=%s tokens=%s request_id=%s",
         scope["method"],
         path,
         status,
         seconds * 1000,
         model,
         usage.total_tokens if usage else "-",
+        state["request_id"],
         extra={
             "request_id": state["request_id"],
             "method": scope["method"],

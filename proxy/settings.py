@@ -164,6 +164,14 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
+        "letta_api_key", "letta_project", "proxy_default_agent", "proxy_redis_url", mode="before"
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        """`LETTA_API_KEY=` (a line left blank in .env) means no key, not an empty one."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator(
         "proxy_api_keys", "proxy_agents", "proxy_cors_origins", "proxy_image_url_hosts", mode="before"
     )
     @classmethod

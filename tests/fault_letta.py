@@ -30,18 +30,6 @@ REFUSALS: dict[str, tuple[int, dict[str, Any], dict[str, str]]] = {
         },
         {},
     ),
-    "pending-approval": (
-        409,
-        {
-            "detail": {
-                "code": "PENDING_APPROVAL",
-                "message": "CONFLICT: Cannot send a new message: The agent is waiting for approval on a tool "
-                "call. Please approve or deny the pending request before continuing.",
-                "pending_request_id": "message-1",
-            }
-        },
-        {},
-    ),
     "no-credits": (
         402,
         {

@@ -264,7 +264,6 @@ def test_a_whole_turn_larger_than_the_cap_is_a_502(proxy: TestClient, fault: Fau
         ("rate-limited", 429, "rate_limit_exceeded", "30", None, "Rate limit exceeded for LLM"),
         ("no-credits", 429, "insufficient_quota", None, "false", "Insufficient credits for LLM request."),
         ("quota", 429, "insufficient_quota", None, "false", "You have reached your plan's limit."),
-        ("pending-approval", 409, "pending_approval", None, "false", "waiting for approval on a tool call"),
     ],
 )
 @pytest.mark.parametrize("stream", [False, True])

@@ -46,6 +46,7 @@ def test_one_access_line_per_request_with_agent_and_tokens_but_no_text_or_key(
         "completion_tokens": 7,
     }
     assert line.duration_ms >= 0
+    assert line.getMessage().endswith(" request_id=turn-1")  # the text line, too, names its request
     assert "private sentence" not in caplog.text and KEY not in caplog.text
 
 

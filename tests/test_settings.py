@@ -68,3 +68,12 @@ def test_every_setting_is_documented_in_env_example(monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(ROOT)
     example = Settings(_env_file=ROOT / ".env.example")  # type: ignore[call-arg]
     assert example.proxy_port == 8080
+
+
+def test_a_blank_optional_value_is_unset_not_empty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`LETTA_API_KEY=` left blank in .env means no token, not an empty one sent to Letta."""
+    for name in ("LETTA_API_KEY", "LETTA_PROJECT", "PROXY_DEFAULT_AGENT", "PROXY_REDIS_URL"):
+        monkeypatch.setenv(name, " ")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.letta_api_key is None and settings.letta_project is None
+    assert settings.proxy_default_agent is None and settings.proxy_redis_url is None

@@ -46,7 +46,13 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     store = open_store(
         settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
     )
-    routing = Routing(letta, store, settings.proxy_model_scope, settings.proxy_default_agent)
+    routing = Routing(
+        letta,
+        store,
+        settings.proxy_model_scope,
+        settings.proxy_default_agent,
+        openwebui_chats=settings.proxy_openwebui_chat_id,
+    )
     chat = Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)
     app = Litestar(
         route_handlers=[v1, metrics, *probes],

@@ -6,27 +6,45 @@ listed and reached by id, and the shared name is refused with the ids to choose 
 
 With PROXY_MODEL_SCOPE `global` or `session`, naming a model also makes that agent the default for later
 requests without one: for the whole key (`global`), or for one `user` of it (`session`). Where Letta has
-conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats. That memory is
-kept per client key, so one tenant can never steer or see another's.
+conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats; Open WebUI's own
+`X-OpenWebUI-Chat-Id` does the same unless turned off, so each of its chats is a conversation with no
+setting on its side. That memory is kept per client key, so one tenant can never steer or see another's.
 """
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from urllib.parse import unquote
 
+import msgspec
+
+from proxy import protocol
 from proxy.auth import Client
 from proxy.errors import ProxyError, bad_request, model_not_found
 from proxy.letta import Agent, Letta
 from proxy.sessions import SessionStore, SessionStoreError
 from proxy.settings import ModelScope
+from proxy.tasks import detect_task
 
 MAX_CHAT_KEY = 256
+CHAT_KEY_HEADER = "x-letta-chat-key"
+OPENWEBUI_CHAT_HEADER = "x-openwebui-chat-id"  # sent with ENABLE_FORWARD_USER_INFO_HEADERS=true
+OPENWEBUI_USER_HEADER = "x-openwebui-user-name"
 
 
 class Routing:
-    def __init__(self, letta: Letta, store: SessionStore, scope: ModelScope, default: str | None) -> None:
+    def __init__(
+        self,
+        letta: Letta,
+        store: SessionStore,
+        scope: ModelScope,
+        default: str | None,
+        openwebui_chats: bool = True,
+    ) -> None:
         self._letta = letta
         self._store = store
         self._scope = scope
         self._default = default
+        self._openwebui_chats = openwebui_chats
 
     async def visible(self, client: Client, *, fresh: bool = False) -> list[Agent]:
         """The exposed agents this client's key may use; `fresh` for a model the cached list lacks."""
@@ -59,15 +77,22 @@ class Routing:
             )
         return default or min(agents, key=lambda agent: agent.created)
 
-    async def chat_key(self, header: str | None) -> str | None:
-        """The client's chat key, when it gave one and this Letta can keep separate conversations."""
-        if not header:
+    async def chat_key(
+        self, headers: Mapping[str, str], messages: Sequence[protocol.ChatMessage]
+    ) -> str | None:
+        """The chat a turn belongs to, when this Letta can keep separate conversations: the client's
+        `X-Letta-Chat-Key`, else Open WebUI's chat id. A background task (a title, tags...) belongs to no
+        chat: sent on, it must not open a conversation, nor write its prompt into the chat's."""
+        key, param = headers.get(CHAT_KEY_HEADER), "X-Letta-Chat-Key"
+        if not key and self._openwebui_chats:
+            key, param = headers.get(OPENWEBUI_CHAT_HEADER), "X-OpenWebUI-Chat-Id"
+        if not key:
             return None
-        if len(header) > MAX_CHAT_KEY:
-            raise bad_request(
-                f"The chat key is longer than {MAX_CHAT_KEY} characters.", param="X-Letta-Chat-Key"
-            )
-        return header if await self._letta.conversations() else None
+        if len(key) > MAX_CHAT_KEY:
+            raise bad_request(f"The chat key is longer than {MAX_CHAT_KEY} characters.", param=param)
+        if detect_task(messages, headers) is not None:
+            return None
+        return key if await self._letta.conversations() else None
 
     async def conversation(self, client: Client, agent: Agent, chat_key: str) -> str:
         """The Letta conversation pinned to this key's chat with the agent, made on first use."""
@@ -95,6 +120,17 @@ class Routing:
             return await self._store.get(client.namespace, key)
         except SessionStoreError as exc:
             raise _store_down() from exc
+
+
+def with_speaker(
+    request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
+) -> protocol.ChatCompletionRequest:
+    """The request whose `user` (the sender's name, when a message has no `name`) is its own, else the
+    user name Open WebUI forwards, percent-encoded. Only what reaches the agent: routing reads the `user`
+    the client sent."""
+    if request.user or not (name := unquote(headers.get(OPENWEBUI_USER_HEADER, ""))):
+        return request
+    return msgspec.structs.replace(request, user=name)
 
 
 def _find(agents: list[Agent], wanted: str | None) -> Agent | None:

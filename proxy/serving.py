@@ -21,7 +21,7 @@ from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import LettaMessage
-from proxy.routing import Routing
+from proxy.routing import Routing, with_speaker
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
@@ -36,7 +36,6 @@ from proxy.translate import (
 from proxy.turns import TurnQueue
 
 HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
-CHAT_KEY_HEADER = "x-letta-chat-key"
 LOCAL_MODEL = "letta-openai-proxy"  # the `model` of an answer the proxy gives itself, when none was named
 
 T = TypeVar("T")
@@ -49,8 +48,9 @@ Prepare = Callable[[Agent, str | None], Awaitable[None]]
 class Target:
     """Where a turn goes: the agent (a model name or id), and which of its histories.
 
-    By default the agent's own history, or the conversation a chat key pins. `pinned` names the history
-    outright (`conversation`, None for the agent's own), as a Responses API id or `conversation` does.
+    By default the agent's own history, or the conversation a chat key (`Routing.chat_key`'s) pins.
+    `pinned` names the history outright (`conversation`, None for the agent's own), as a Responses API id
+    or `conversation` does.
     """
 
     model: str | None
@@ -145,8 +145,9 @@ class Chat:
         forward = self._settings.proxy_client_tools == "forward"
         offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
-        messages = letta_messages(request, self._limits, results_given=bool(results))
-        target = Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER))
+        messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
+        chat_key = await self._routing.chat_key(headers, request.messages)
+        target = Target(request.model, request.user, chat_key=chat_key)
         turn = await self.run(client, target, Sent(messages, results, offered), watch, stream=request.stream)
         header = ChunkHeader(header.id, header.created, turn.agent.name)
         translator = self.translator(turn, self._settings.proxy_tool_calls)
@@ -181,7 +182,7 @@ class Chat:
         """
         agent = await self._routing.resolve(client, target.model, target.user)
         offered = self._usable(agent, sent.client_tools)
-        chat_key = None if target.pinned else await self._routing.chat_key(target.chat_key)
+        chat_key = None if target.pinned else target.chat_key
         line = target.conversation or chat_key
         release = await watch.guard(self._turns.enter(agent.id if line is None else f"{agent.id}:{line}"))
         conversation = target.conversation

@@ -153,6 +153,11 @@ class Settings(BaseSettings):
         "skip",
         description="Open WebUI's background tasks (titles, tags...): answered here (skip) or sent on.",
     )
+    proxy_openwebui_chat_id: bool = Field(
+        True,
+        description="Open WebUI's X-OpenWebUI-Chat-Id pins one Letta conversation per chat, as "
+        "X-Letta-Chat-Key does (where Letta has conversations); false: its chats share the agent's history.",
+    )
     proxy_reasoning: bool = Field(
         False, description="Send the agent's reasoning as reasoning_content deltas."
     )

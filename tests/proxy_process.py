@@ -26,6 +26,8 @@ def free_port() -> int:
 
 @dataclass
 class ProxyProcess:
+    """A server the tests started as a process (the proxy, or Open WebUI), and its log file."""
+
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -68,21 +70,26 @@ def running_proxy(tmp: Path, key: str, **env: str) -> Iterator[ProxyProcess]:
         )
         proxy = ProxyProcess(f"http://127.0.0.1:{port}", process, log_path)
         try:
-            _wait_until_ready(proxy, key)
+            wait_until_healthy(proxy, "proxy", READY_TIMEOUT)
             yield proxy
         finally:
             proxy.stop()
 
 
-def _wait_until_ready(proxy: ProxyProcess, key: str) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
+def wait_until_healthy(server: ProxyProcess, name: str, timeout: float) -> None:
+    """Returns once `server` answers /health; an error with the end of its log if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proxy.process.poll() is not None:
-            raise RuntimeError(f"proxy exited with {proxy.process.returncode}:\n{proxy.output()}")
+        if server.process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {server.process.returncode}:\n{_tail(server)}")
         try:
-            if httpx.get(f"{proxy.url}/health", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    raise RuntimeError(f"proxy not ready on {proxy.url} after {READY_TIMEOUT:.0f} s:\n{proxy.output()}")
+    raise RuntimeError(f"{name} not ready on {server.url} after {timeout:.0f} s:\n{_tail(server)}")
+
+
+def _tail(server: ProxyProcess, lines: int = 60) -> str:
+    return "\n".join(server.output().splitlines()[-lines:]) + f"\n(all of it: {server.log_path})"

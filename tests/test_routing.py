@@ -261,3 +261,101 @@ def test_an_agent_made_a_moment_ago_is_found_without_waiting_for_the_cache(
         for _ in range(5):
             assert ask(client, "sk-all", model="no-such-agent").status_code == 404
         assert letta["agents"].call_count == relisted
+
+
+# --- Open WebUI's chats and users (its ENABLE_FORWARD_USER_INFO_HEADERS=true headers) ----------------
+
+OPENWEBUI_TASKS = json.loads((Path(__file__).parent / "fixtures" / "openwebui" / "v0.12.4.json").read_text())
+
+
+def openwebui(chat: str, **more: str) -> dict[str, str]:
+    return {"X-Api-Key": "sk-all", "X-OpenWebUI-Chat-Id": chat, **more}
+
+
+def conversation_turns(conversations: respx.MockRouter) -> list[str]:
+    return [call.request.url.path.split("/")[3] for call in conversations["turn"].calls]
+
+
+def test_each_open_webui_chat_is_its_own_conversation(
+    proxy: TestClient, conversations: respx.MockRouter
+) -> None:
+    """Open WebUI's chat id pins a conversation as a chat key does, with no setting on its side."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    for chat in ("chat-1", "chat-1", "chat-2"):
+        assert proxy.post(CHAT, json=body, headers=openwebui(chat)).status_code == 200
+    assert conversation_turns(conversations) == ["conv-1", "conv-1", "conv-2"]
+    assert not conversations["send"].called
+
+
+def test_the_explicit_chat_key_wins_over_open_webui_s_chat_id(
+    proxy: TestClient, conversations: respx.MockRouter
+) -> None:
+    """An admin's `X-Letta-Chat-Key` decides; Open WebUI's chat id counts only without it."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    for headers in (
+        openwebui("chat-1", **{"X-Letta-Chat-Key": "team"}),
+        openwebui("chat-2", **{"X-Letta-Chat-Key": "team"}),
+        openwebui("chat-1"),
+    ):
+        assert proxy.post(CHAT, json=body, headers=headers).status_code == 200
+    assert conversation_turns(conversations) == ["conv-1", "conv-1", "conv-2"]
+
+
+def test_open_webui_s_chat_id_can_be_turned_off(tmp_path: Path, conversations: respx.MockRouter) -> None:
+    """PROXY_OPENWEBUI_CHAT_ID=false: Open WebUI's chats share the agent's history; a chat key still pins."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    with app(tmp_path, proxy_openwebui_chat_id=False) as client:
+        assert client.post(CHAT, json=body, headers=openwebui("chat-1")).status_code == 200
+        assert conversations["send"].call_count == 1 and not conversations["create"].called
+        headers = openwebui("chat-1", **{"X-Letta-Chat-Key": "mine"})
+        assert client.post(CHAT, json=body, headers=headers).status_code == 200
+    assert conversation_turns(conversations) == ["conv-1"]
+
+
+def test_a_too_long_open_webui_chat_id_is_a_400_naming_its_header(
+    proxy: TestClient, conversations: respx.MockRouter
+) -> None:
+    """A chat id longer than a chat key may be is refused before anything reaches Letta."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}]}
+    response = proxy.post(CHAT, json=body, headers=openwebui("c" * 257))
+    assert response.status_code == 400 and response.json()["error"]["param"] == "X-OpenWebUI-Chat-Id"
+    assert not conversations["create"].called and not conversations["send"].called
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["by-header", "by-prompt"])
+@pytest.mark.parametrize("task", ["title_generation", "tags_generation", "follow_up_generation"])
+def test_a_forwarded_background_task_opens_no_conversation(
+    tmp_path: Path, conversations: respx.MockRouter, task: str, marked: bool
+) -> None:
+    """With PROXY_TASK_REQUESTS=forward, a task carrying a chat id (or a chat key) goes to the agent's own
+    history: it neither opens a conversation nor writes its prompt into the chat's."""
+    sample = OPENWEBUI_TASKS["requests"][task]
+    headers = openwebui("chat-1", **{"X-Letta-Chat-Key": "chat-1"}, **(sample["headers"] if marked else {}))
+    with app(tmp_path, proxy_task_requests="forward") as client:
+        body = {**sample["body"], "model": AGENT["name"]}
+        assert client.post(CHAT, json=body, headers=headers).status_code == 200
+    assert conversations["send"].call_count == 1
+    assert not conversations["create"].called and not conversations["turn"].called
+
+
+def sent_name(letta: respx.MockRouter) -> str | None:
+    return json.loads(letta["send"].calls.last.request.content)["messages"][0].get("name")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({}, "Jos_Garc_a"),
+        ({"user": "account-7"}, "account-7"),
+        ({"messages": [{"role": "user", "content": "hi", "name": "zoe"}]}, "zoe"),
+    ],
+    ids=["header", "user-wins", "message-name-wins"],
+)
+def test_open_webui_s_user_name_is_the_sender_unless_the_request_names_one(
+    proxy: TestClient, two_agents: respx.MockRouter, body: dict[str, Any], expected: str
+) -> None:
+    """X-OpenWebUI-User-Name (percent-encoded by Open WebUI) names the sender; `user` and `name` win."""
+    body = {"model": AGENT["name"], "messages": [{"role": "user", "content": "hi"}], **body}
+    headers = {"X-Api-Key": "sk-all", "X-OpenWebUI-User-Name": "Jos%C3%A9%20Garc%C3%ADa"}
+    assert proxy.post(CHAT, json=body, headers=headers).status_code == 200
+    assert sent_name(two_agents) == expected

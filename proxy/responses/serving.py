@@ -26,7 +26,7 @@ from proxy.responses.ids import ResponseRef, make_response_id, not_found, read_r
 from proxy.responses.stream import ResponseFramer
 from proxy.responses.translate import functions, turn_input
 from proxy.routing import Routing
-from proxy.serving import CHAT_KEY_HEADER, Chat, Prepare, Sent, Served, Target, Turn
+from proxy.serving import Chat, Prepare, Sent, Served, Target, Turn
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import turn_frames
 from proxy.tools import client_tools
@@ -71,7 +71,7 @@ class Responses:
             )
         offered = client_tools(functions(request), request.tool_choice) if self._forward_tools else []
         sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
-        target, prepare = self._target(request, headers, previous)
+        target, prepare = await self._target(request, headers, previous)
         try:
             turn = await self._chat.run(client, target, sent, watch, stream=request.stream, prepare=prepare)
         except ProxyError as error:
@@ -137,7 +137,7 @@ class Responses:
             return cast(wire.Response, encoder.result)
         return encoder.response("in_progress", translator.usage)
 
-    def _target(
+    async def _target(
         self, request: wire.ResponseRequest, headers: Mapping[str, str], previous: ResponseRef | None
     ) -> tuple[Target, Prepare | None]:
         if previous is not None:
@@ -148,7 +148,7 @@ class Responses:
         if request.conversation_id:
             target = Target(request.model, request.user, conversation=request.conversation_id, pinned=True)
             return target, self._owned(request.conversation_id)
-        return Target(request.model, request.user, chat_key=headers.get(CHAT_KEY_HEADER)), None
+        return Target(request.model, request.user, chat_key=await self._routing.chat_key(headers, [])), None
 
     def _continues(self, previous: ResponseRef, model: str | None) -> Prepare:
         """Checks, in the turn's place in the queue, that the previous response is its history's latest."""

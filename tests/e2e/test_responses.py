@@ -213,3 +213,18 @@ def test_a_function_output_for_no_pending_call_is_a_400_naming_input(
     with pytest.raises(openai.BadRequestError) as refused:
         client.responses.create(previous_response_id=first.id, input=[stray], tools=[WEATHER])
     assert refused.value.body["param"] == "input"  # type: ignore[index]
+
+
+def test_a_chat_key_pins_a_conversation_and_its_ids_continue_it(
+    client: openai.OpenAI, make_agent: Callable[[], AgentState], letta: Letta
+) -> None:
+    """X-Letta-Chat-Key works as in chat completions; a response id then names that conversation."""
+    agent = make_agent()
+    first = client.responses.create(
+        model=agent.name, input="pinned", extra_headers={"X-Letta-Chat-Key": f"chat-{_marker()}"}
+    )
+    second = client.responses.create(input="still pinned", previous_response_id=first.id)
+    assert second.output_text == "Echo: still pinned"
+    [conversation] = [c.id for c in letta.conversations.list(agent_id=agent.id)]
+    texts = [getattr(m, "content", "") for m in letta.conversations.messages.list(conversation, limit=50)]
+    assert "pinned" in texts and "still pinned" in texts

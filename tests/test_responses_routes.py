@@ -7,6 +7,8 @@ from typing import Any
 import httpx
 import respx
 from litestar.testing import TestClient
+from openai.types.responses import Response, ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from proxy.app import create_app
 from proxy.letta_wire import LettaMessage
@@ -203,3 +205,18 @@ def test_function_outputs_are_a_400_when_client_tools_are_ignored(
         client.headers["Authorization"] = f"Bearer {KEY}"
         error = assert_openai_error(client.post(RESPONSES, json={**HELLO, "input": [output]}), 400)
     assert error["param"] == "input" and not letta["send"].called
+
+
+def test_the_openai_sdks_own_models_accept_every_object_strictly(
+    client: TestClient, letta: respx.MockRouter
+) -> None:
+    """The response and each stream event validate against the openai SDK's pydantic types, not only
+    construct (which accepts anything): a field the SDK requires is never missing."""
+    Response.model_validate(client.post(RESPONSES, json=HELLO).json())
+    letta["send"].mock(return_value=sse("stream_approval.sse"))  # the agent calls the client's tool
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    streamed = client.post(RESPONSES, json={**HELLO, "stream": True, "tools": tools})
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    events = [adapter.validate_python(data) for _, data in events_of(streamed.text)]
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["function_call"] and final.output[0].name == "get_weather"

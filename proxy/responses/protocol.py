@@ -97,6 +97,7 @@ OutputItem = MessageItem | FunctionCallItem | ReasoningItem
 
 class InputTokensDetails(msgspec.Struct):
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
 
 class OutputTokensDetails(msgspec.Struct):

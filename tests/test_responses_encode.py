@@ -7,6 +7,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from openai.types.responses import ResponseStreamEvent
+from pydantic import TypeAdapter
 
 from proxy import protocol
 from proxy.errors import ProxyError, upstream_failure
@@ -18,6 +20,7 @@ from proxy.translate import TurnTranslator, completion
 from tests.letta_captures import event, events, first, turn
 
 HEADER = Header("resp_test", 1700000000, "bot")
+STRICT: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
 CAPTURES = {
     "stream_tokens.sse": lambda: events("stream_tokens.sse"),
     "stream_tool_call.sse": lambda: events("stream_tool_call.sse"),
@@ -56,7 +59,7 @@ def test_one_capture_says_the_same_in_both_apis(name: str) -> None:
         "input_tokens": chat.usage.prompt_tokens,
         "output_tokens": chat.usage.completion_tokens,
         "total_tokens": chat.usage.total_tokens,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
         "output_tokens_details": {"reasoning_tokens": 0},
     }
     assert response["status"] == "completed"
@@ -136,6 +139,8 @@ def test_reasoning_is_a_reasoning_item_when_enabled() -> None:
     )
     stop = event({"message_type": "stop_reason", "stop_reason": "end_turn"})
     out, response = encode([reasoning, stop], TurnTranslator(reasoning=True))
+    for data in out:
+        STRICT.validate_python(data)
     assert response["output"] == [
         {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "thinking"}]}
     ]
@@ -186,6 +191,10 @@ def test_a_failure_after_the_stream_opened_is_response_failed(error: ProxyError,
     kinds = [f.split("\n")[0][7:] for f in frames]
     assert kinds[0] == "response.created" and kinds[-1] == "response.failed" and "[DONE]" not in body
     assert kinds[-2] == "response.output_item.done"  # the text so far is closed first
+    # Each as the openai SDK's own models require it; but for insufficient_quota, which OpenAI sends and
+    # Codex stops on, though the SDK's Literal of codes omits it (the SDK builds events unvalidated).
+    for data in frames if code != "insufficient_quota" else frames[:-1]:
+        STRICT.validate_python(json.loads(data.split("\ndata: ")[1]))
     last = json.loads(frames[-1].split("\ndata: ")[1])
     assert last["response"]["status"] == "failed"
     assert last["response"]["error"] == {"code": code, "message": error.message}

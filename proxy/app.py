@@ -19,6 +19,7 @@ from proxy.serving import Chat
 from proxy.sessions import open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
+from proxy.user_agents import UserAgents
 
 OPENAPI = OpenAPIConfig(
     title="letta-openai-proxy",
@@ -52,6 +53,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         settings.proxy_model_scope,
         settings.proxy_default_agent,
         openwebui_chats=settings.proxy_openwebui_chat_id,
+        user_agents=UserAgents(letta, settings),
     )
     chat = Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)
     app = Litestar(

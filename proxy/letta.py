@@ -20,7 +20,7 @@ from letta_client._constants import RAW_RESPONSE_HEADER
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_agents import Agent, AgentDirectory
+from proxy.letta_agents import LIST_PAGE, Agent, AgentDirectory
 from proxy.letta_errors import UPSTREAM_ERRORS, map_failure, timed_out, too_large
 from proxy.letta_wire import (
     AgentRecord,
@@ -31,6 +31,7 @@ from proxy.letta_wire import (
     decode_agents,
     decode_messages,
     decode_run,
+    decode_state,
     decode_turn,
     decode_usage,
 )
@@ -163,6 +164,34 @@ class Letta:
                     raise map_failure(exc, sent=False, secret=self._secret) from exc
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
+
+    # An end user's own agent (proxy/user_agents.py): the template's state, and agents by their tag.
+
+    async def agent_state(self, agent_id: str, include: Iterable[str]) -> dict[str, Any]:
+        """The agent's state with the relations named (`agent.blocks`...), as plain data."""
+        options = {"params": {"include": list(include)}, "headers": READ_WHOLE}
+        path = f"/v1/agents/{agent_id}"
+        response = await self._call(
+            lambda: self._client.get(path, cast_to=httpx.Response, options=options), sent=False
+        )
+        return decode_state(await self._body(response, sent=False))
+
+    async def tagged(self, tag: str) -> list[AgentRecord]:
+        """The agents carrying `tag`, oldest first: one page, as a tag names one agent, a few after a race."""
+        return await self._page({"tags": [tag], "order": "asc", "limit": LIST_PAGE})
+
+    async def create_agent(self, body: dict[str, Any]) -> None:
+        """Never retried: a create that may have reached Letta is looked for by its tag instead."""
+        await self._call(lambda: self._post("/v1/agents/", body), sent=False)
+
+    async def delete_agent(self, agent_id: str) -> None:
+        """An agent already gone is no failure: another replica may have deleted it first."""
+        try:
+            await self._client.agents.delete(agent_id)
+        except letta_client.NotFoundError:
+            pass
+        except UPSTREAM_ERRORS as exc:
+            raise map_failure(exc, sent=False, secret=self._secret) from exc
 
     async def send(
         self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None

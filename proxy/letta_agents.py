@@ -1,7 +1,9 @@
 """The agent directory: Letta's agents, listed page by page within bounds, and cached briefly.
 
 The pages come from `Letta`, which owns the client; this module decides when to list and when a
-listing has gone wrong (it outlives LETTA_TIMEOUT, repeats a page, or never ends).
+listing has gone wrong (it outlives LETTA_TIMEOUT, repeats a page, or never ends). An end user's own agent
+(tagged `lop-user:...`, see proxy/user_agents.py) is never in the directory: it is reached only through
+its template, so no listing shows it and no model name or id reaches it.
 """
 
 import asyncio
@@ -20,6 +22,7 @@ log = logging.getLogger("proxy")
 LIST_PAGE = 100  # agents per page; tags are the lightest relation to include, all of them the heaviest
 MISS_RELIST_SECONDS = 1.0  # a model missing from the list lists again, at most this often however many miss
 MAX_LIST_PAGES = 1000  # 100,000 agents: a listing longer than that is a Letta that does not paginate
+USER_AGENT_TAG = "lop-user:"  # the tag of an end user's own agent, followed by its hash
 
 PageReader = Callable[[dict[str, object]], Awaitable[list[AgentRecord]]]
 Spawner = Callable[[Coroutine[Any, Any, None]], "asyncio.Task[None]"]
@@ -111,6 +114,7 @@ class AgentDirectory:
             listed += (
                 Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0, a.agent_type)
                 for a in page
+                if not any(tag.startswith(USER_AGENT_TAG) for tag in a.tags)
             )
             if page[-1].id in cursors:
                 raise _bad_listing("its pages repeat themselves")

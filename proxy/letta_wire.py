@@ -8,6 +8,7 @@ fail the turn. Pure: no I/O.
 
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -74,6 +75,7 @@ class AgentRecord(msgspec.Struct):
     name: str
     created_at: datetime | None = None
     agent_type: str | None = None
+    tags: list[str] = []
 
 
 class RunRecord(msgspec.Struct):
@@ -126,6 +128,7 @@ _turn = msgspec.json.Decoder(LettaTurn)
 _message = msgspec.json.Decoder(LettaMessage)
 _agents = msgspec.json.Decoder(list[AgentRecord])
 _messages = msgspec.json.Decoder(list[LettaMessage])
+_state = msgspec.json.Decoder(dict[str, Any])
 
 
 def decode_run(body: bytes) -> RunRecord:
@@ -161,9 +164,23 @@ def decode_agents(body: bytes) -> list[AgentRecord]:
     try:
         return _agents.decode(body)
     except msgspec.DecodeError as exc:
-        raise ProxyError(
-            502, "The Letta server sent a malformed agent list.", type="server_error", code="upstream_error"
-        ) from exc
+        raise _malformed("agent list") from exc
+
+
+def decode_state(body: bytes) -> dict[str, Any]:
+    """An agent's whole state as plain data: its nested configs are sent back to Letta as they came, so
+    none of their fields is lost in a struct that does not know it."""
+    try:
+        return _state.decode(body)
+    except msgspec.DecodeError as exc:
+        raise _malformed("agent") from exc
+
+
+def _malformed(what: str) -> ProxyError:
+    """Letta's answer to a question about agents cannot be read: retrying is safe, no turn was sent."""
+    return ProxyError(
+        502, f"The Letta server sent a malformed {what}.", type="server_error", code="upstream_error"
+    )
 
 
 def decode_messages(body: bytes) -> list[LettaMessage]:

@@ -9,6 +9,9 @@ requests without one: for the whole key (`global`), or for one `user` of it (`se
 conversations, an `X-Letta-Chat-Key` pins one, so one agent can hold many separate chats; Open WebUI's own
 `X-OpenWebUI-Chat-Id` does the same unless turned off, so each of its chats is a conversation with no
 setting on its side. That memory is kept per client key, so one tenant can never steer or see another's.
+
+A template agent (PROXY_USER_AGENT_TEMPLATES) is never talked to itself: the request goes to its end
+user's own agent (proxy/user_agents.py), whatever API asked.
 """
 
 from collections import Counter
@@ -24,6 +27,7 @@ from proxy.letta import Agent, Letta
 from proxy.sessions import SessionStore, SessionStoreError
 from proxy.settings import ModelScope
 from proxy.tasks import detect_task
+from proxy.user_agents import UserAgents, end_user
 
 MAX_CHAT_KEY = 256
 CHAT_KEY_HEADER = "x-letta-chat-key"
@@ -39,12 +43,14 @@ class Routing:
         scope: ModelScope,
         default: str | None,
         openwebui_chats: bool = True,
+        user_agents: UserAgents | None = None,
     ) -> None:
         self._letta = letta
         self._store = store
         self._scope = scope
         self._default = default
         self._openwebui_chats = openwebui_chats
+        self._user_agents = user_agents
 
     async def visible(self, client: Client, *, fresh: bool = False) -> list[Agent]:
         """The exposed agents this client's key may use; `fresh` for a model the cached list lacks."""
@@ -57,8 +63,19 @@ class Routing:
         names = Counter(agent.name for agent in agents)
         return [(agent.name if names[agent.name] == 1 else agent.id, agent) for agent in agents]
 
-    async def resolve(self, client: Client, model: str | None, user: str | None) -> Agent:
-        """An agent outside the key's scope is reported as unknown, so names do not leak."""
+    async def resolve(
+        self, client: Client, model: str | None, user: str | None, headers: Mapping[str, str] | None = None
+    ) -> Agent:
+        """The agent the turn goes to: for a template, its end user's own agent (named by `user`, else by
+        the request's `headers`)."""
+        agent = await self.named(client, model, user)
+        if self._user_agents is not None and self._user_agents.is_template(agent):
+            return await self._user_agents.agent_for(agent, end_user(user, headers))
+        return agent
+
+    async def named(self, client: Client, model: str | None, user: str | None) -> Agent:
+        """The agent the request names, or its default (a template itself, not a user's copy). An agent
+        outside the key's scope is reported as unknown, so names do not leak."""
         agents = await self.visible(client)
         session = self._session_key(user)
         if model:

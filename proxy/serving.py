@@ -55,6 +55,7 @@ class Target:
 
     model: str | None
     user: str | None = None
+    headers: Mapping[str, str] | None = None  # they may name the end user whose own agent a template has
     chat_key: str | None = None
     conversation: str | None = None
     pinned: bool = False
@@ -127,7 +128,7 @@ class Chat:
             return Served(_local(local_answer(task, request.messages), header, request.stream, include_usage))
         if headers.get(HEALTH_CHECK_HEADER, "").strip().lower() in ("1", "true"):
             # LiteLLM's health checks carry it (from `health_check_params`); real traffic never does.
-            agent = await self._routing.resolve(client, request.model, request.user)  # key, Letta, agent
+            agent = await self._routing.named(client, request.model, request.user)  # key, Letta, agent
             header = ChunkHeader(header.id, header.created, agent.name)
             return Served(_local("", header, request.stream, include_usage), agent.name)
         return await self._turn(client, request, headers, header, include_usage, watch)
@@ -147,7 +148,7 @@ class Chat:
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
         messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
         chat_key = await self._routing.chat_key(headers, request.messages)
-        target = Target(request.model, request.user, chat_key=chat_key)
+        target = Target(request.model, request.user, headers, chat_key=chat_key)
         turn = await self.run(client, target, Sent(messages, results, offered), watch, stream=request.stream)
         header = ChunkHeader(header.id, header.created, turn.agent.name)
         translator = self.translator(turn, self._settings.proxy_tool_calls)
@@ -180,7 +181,7 @@ class Chat:
         turn, or before its stream has started, gets the run cancelled before the agent is free for the
         next turn. A started stream ends its turn itself, however it ends.
         """
-        agent = await self._routing.resolve(client, target.model, target.user)
+        agent = await self._routing.resolve(client, target.model, target.user, target.headers)
         offered = self._usable(agent, sent.client_tools)
         chat_key = None if target.pinned else target.chat_key
         line = target.conversation or chat_key

@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     proxy_session_idle_seconds: float = Field(
         86_400, gt=0, description="A remembered model choice unused this long is forgotten."
     )
+    proxy_user_agent_templates: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Template agents (names or ids, comma-separated): each end user of one gets their own "
+        "copy of it, made on first use. Every key that may use a template is trusted to name its users.",
+    )
+    proxy_user_agent_secret: SecretStr | None = Field(
+        None,
+        description="Key of the hash that names a user's agent (its tag); the same on every replica, never "
+        "changed. Unset: the hash still hides the user id, but anyone who knows the template id can test a "
+        "guessed user against it.",
+    )
     proxy_queue_timeout: float = Field(
         120.0, gt=0, description="How long a turn may wait for its agent's previous turns before a 429."
     )
@@ -169,7 +180,12 @@ class Settings(BaseSettings):
     )
 
     @field_validator(
-        "letta_api_key", "letta_project", "proxy_default_agent", "proxy_redis_url", mode="before"
+        "letta_api_key",
+        "letta_project",
+        "proxy_default_agent",
+        "proxy_redis_url",
+        "proxy_user_agent_secret",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -177,7 +193,12 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "proxy_api_keys", "proxy_agents", "proxy_cors_origins", "proxy_image_url_hosts", mode="before"
+        "proxy_api_keys",
+        "proxy_agents",
+        "proxy_cors_origins",
+        "proxy_image_url_hosts",
+        "proxy_user_agent_templates",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: object) -> object:

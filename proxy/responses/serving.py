@@ -146,9 +146,12 @@ class Responses:
             )
             return target, self._continues(previous, request.model)
         if request.conversation_id:
-            target = Target(request.model, request.user, conversation=request.conversation_id, pinned=True)
+            target = Target(
+                request.model, request.user, headers, conversation=request.conversation_id, pinned=True
+            )
             return target, self._owned(request.conversation_id)
-        return Target(request.model, request.user, chat_key=await self._routing.chat_key(headers, [])), None
+        chat_key = await self._routing.chat_key(headers, [])
+        return Target(request.model, request.user, headers, chat_key=chat_key), None
 
     def _continues(self, previous: ResponseRef, model: str | None) -> Prepare:
         """Checks, in the turn's place in the queue, that the previous response is its history's latest."""

@@ -12,6 +12,7 @@ from proxy.edge import ProxyRequest, body_deadline
 from proxy.errors import exception_handlers, json_not_found
 from proxy.letta import Letta
 from proxy.observe import observe
+from proxy.responses.serving import Responses
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.serving import Chat
@@ -54,12 +55,14 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         openwebui_chats=settings.proxy_openwebui_chat_id,
         user_agents=UserAgents(letta, settings),
     )
+    chat = Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)
     app = Litestar(
         route_handlers=[v1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),
-            "chat": _singleton(Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)),
+            "chat": _singleton(chat),
+            "responses": _singleton(Responses(chat, letta, routing, settings)),
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,

@@ -26,11 +26,14 @@ from proxy.letta_wire import (
     AgentRecord,
     LettaMessage,
     LettaTurn,
+    RunRecord,
     SSEDecoder,
     decode_agents,
     decode_messages,
+    decode_run,
     decode_state,
     decode_turn,
+    decode_usage,
 )
 from proxy.settings import Settings
 
@@ -44,6 +47,7 @@ READY_CACHE_SECONDS = 2.0
 READY_TIMEOUT = 5.0
 RETRY_BACKOFF = 0.25  # seconds, doubled at each retry
 CANCEL_TIMEOUT = 10.0
+RUN_MESSAGES = 1000  # messages of one past turn read back, at most
 READ_WHOLE: dict[str, str] = {RAW_RESPONSE_HEADER: "stream"}  # the SDK leaves the body to us, unread
 READ_BUFSIZE = 16 * 1024  # aiohttp's per-connection read buffer, the first bound of a stream's memory
 
@@ -240,15 +244,59 @@ class Letta:
     async def last_message(self, agent: Agent, conversation: str | None) -> LettaMessage | None:
         """The newest message of the agent's default history, or of a conversation: an approval request
         there means the agent waits on tool calls."""
-        path = f"/v1/conversations/{conversation or 'default'}/messages"
-        params: dict[str, object] = {"limit": 1, "order": "desc"}
+        return next(iter(await self.recent_messages(agent, conversation, 1)), None)
+
+    async def recent_messages(self, agent: Agent, conversation: str | None, limit: int) -> list[LettaMessage]:
+        """The newest messages of the agent's default history, or of a conversation, newest first.
+
+        Letta 0.16.8 lists the newest `limit` messages, but the default history oldest first and a
+        conversation newest first, whatever `order` says; this puts both newest first.
+        """
+        params: dict[str, object] = {"limit": limit, "order": "desc"}
         if conversation is None:
             params["agent_id"] = agent.id
+        try:
+            body = await self._get(f"/v1/conversations/{conversation or 'default'}/messages", params)
+        except letta_client.NotFoundError as exc:
+            raise ProxyError(
+                404, "The agent or conversation of this turn no longer exists in Letta.", code="not_found"
+            ) from exc
+        messages = decode_messages(body)
+        return messages if conversation else messages[::-1]
+
+    async def conversation_agent(self, conversation: str) -> str | None:
+        """The agent a conversation belongs to; None when Letta has no such conversation."""
+        try:
+            found = await self._client.conversations.retrieve(conversation)
+        except letta_client.NotFoundError:
+            return None
+        except UPSTREAM_ERRORS as exc:
+            raise map_failure(exc, sent=False, secret=self._secret) from exc
+        return found.agent_id
+
+    async def run(self, run_id: str) -> tuple[RunRecord, list[LettaMessage], LettaMessage] | None:
+        """A past turn as Letta keeps it: the run, its messages (oldest first) and its usage; None if gone."""
+        try:
+            run, messages, usage = await asyncio.gather(
+                self._get(f"/v1/runs/{run_id}", {}),
+                self._get(f"/v1/runs/{run_id}/messages", {"limit": RUN_MESSAGES, "order": "asc"}),
+                self._get(f"/v1/runs/{run_id}/usage", {}),
+            )
+        except letta_client.NotFoundError:
+            return None
+        return decode_run(run), decode_messages(messages), decode_usage(usage)
+
+    async def _get(self, path: str, params: dict[str, object]) -> bytes:
+        """A GET through the SDK, its body read within the proxy's bounds. Letta's 404 passes as the SDK's
+        NotFoundError, for the caller to say what is missing."""
         options = {"params": params, "headers": READ_WHOLE}
-        response = await self._call(
-            lambda: self._client.get(path, cast_to=httpx.Response, options=options), sent=False
-        )
-        return next(iter(decode_messages(await self._body(response, sent=False))), None)
+        try:
+            response = await self._client.get(path, cast_to=httpx.Response, options=options)
+        except letta_client.NotFoundError:
+            raise
+        except UPSTREAM_ERRORS as exc:
+            raise map_failure(exc, sent=False, secret=self._secret) from exc
+        return await self._body(response, sent=False)
 
     def _in_background(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """A task that outlives its caller and that `aclose` still waits for."""

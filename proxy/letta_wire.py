@@ -78,6 +78,17 @@ class AgentRecord(msgspec.Struct):
     tags: list[str] = []
 
 
+class RunRecord(msgspec.Struct):
+    """What the proxy reads of a Letta run: a turn, whose messages and usage Letta keeps."""
+
+    id: str
+    agent_id: str | None = None
+    conversation_id: str | None = None
+    status: str | None = None
+    stop_reason: str | None = None
+    created_at: datetime | None = None
+
+
 def redact(text: str, secret: str | None) -> str:
     """`text` with our Letta token cut out, should Letta echo it back."""
     return text.replace(secret, "[redacted]") if secret else text
@@ -118,6 +129,21 @@ _message = msgspec.json.Decoder(LettaMessage)
 _agents = msgspec.json.Decoder(list[AgentRecord])
 _messages = msgspec.json.Decoder(list[LettaMessage])
 _state = msgspec.json.Decoder(dict[str, Any])
+
+
+def decode_run(body: bytes) -> RunRecord:
+    try:
+        return msgspec.json.decode(body, type=RunRecord)
+    except msgspec.DecodeError as exc:
+        raise upstream_failure("The Letta server sent a malformed run.") from exc
+
+
+def decode_usage(body: bytes) -> LettaMessage:
+    """A run's token counts, in the fields a usage_statistics event has."""
+    try:
+        return _message.decode(body)
+    except msgspec.DecodeError as exc:
+        raise upstream_failure("The Letta server sent a malformed usage.") from exc
 
 
 def decode_turn(body: bytes, secret: str | None = None) -> LettaTurn:

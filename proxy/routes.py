@@ -3,13 +3,14 @@
 from collections.abc import AsyncGenerator
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, Router, get, post
 from litestar.connection import ASGIConnection
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody
+from litestar.params import FromPath, JSONBody
 from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
@@ -21,8 +22,10 @@ from proxy.disconnect import ClientWatch, deliver
 from proxy.errors import unauthorized
 from proxy.letta import Letta
 from proxy.observe import exposition
+from proxy.responses import protocol as responses_wire
+from proxy.responses.serving import Responses
 from proxy.routing import Routing
-from proxy.serving import Chat
+from proxy.serving import Chat, Served, Whole
 
 _ERROR = ResponseSpec(protocol.ErrorBody, description="An OpenAI error", generate_examples=False)
 ERRORS = {status: _ERROR for status in (400, 401, 404, 413, 429, 502, 503, 504)}
@@ -99,10 +102,53 @@ async def chat_completions(
     """One agent turn, answered whole or as SSE chunks; turns for one agent are taken one at a time."""
     async with ClientWatch(request.receive) as watch:
         served = await chat.serve(request.state.client, data, request.headers, watch)
-    request.state.agent, request.state.turn = served.agent, served.turn  # for the access log
-    if isinstance(served.answer, protocol.ChatCompletion):
+    return _reply(request, served, chat.stall_seconds)
+
+
+@post(
+    "/responses",
+    summary="The Responses API: send the new input items to an agent",
+    status_code=200,
+    responses={
+        **ERRORS,
+        409: _ERROR,
+        200: ResponseSpec(
+            responses_wire.Response,
+            generate_examples=False,
+            description="A response; with stream=true, text/event-stream of `event:`/`data:` lines from "
+            "response.created to response.completed (or response.failed)",
+        ),
+    },
+)
+async def create_response(
+    request: Request,
+    data: JSONBody[responses_wire.ResponseRequest],
+    responses: NamedDependency[Responses],
+) -> Response[responses_wire.Response] | Stream:
+    """One agent turn in the Responses format, over the same turn path as chat completions."""
+    async with ClientWatch(request.receive) as watch:
+        served = await responses.create(request.state.client, data, request.headers, watch)
+    return _reply(request, served, responses.stall_seconds)
+
+
+@get(
+    "/responses/{response_id:str}",
+    summary="A past response, rebuilt from the agent's Letta run",
+    responses={401: _ERROR, 404: _ERROR, 502: _ERROR, 503: _ERROR, 504: _ERROR},
+)
+async def retrieve_response(
+    request: Request, response_id: FromPath[str], responses: NamedDependency[Responses]
+) -> responses_wire.Response:
+    """Served from Letta's history: the proxy keeps no copy of what it answered."""
+    return await responses.retrieve(request.state.client, response_id)
+
+
+def _reply(request: Request, served: Served[Whole], stall_seconds: float) -> Response[Whole] | Stream:
+    """The answer whole, or as an event stream; its agent and turn noted for the access log."""
+    request.state.agent, request.state.turn = served.agent, served.turn
+    if isinstance(served.answer, msgspec.Struct):
         return Response(served.answer)
-    return EventStream(served.answer, chat.stall_seconds)
+    return EventStream(served.answer, stall_seconds)
 
 
 @get("/health", summary="Liveness: the process is up", security=[{}])
@@ -131,5 +177,9 @@ async def metrics() -> Response[bytes]:
     return Response(body, media_type=media_type)
 
 
-v1 = Router("/v1", route_handlers=[list_models, chat_completions], guards=[require_key])
+v1 = Router(
+    "/v1",
+    route_handlers=[list_models, chat_completions, create_response, retrieve_response],
+    guards=[require_key],
+)
 probes = [health, ready]

@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 ToolCallMode = Literal["openai", "reasoning", "drop"]
 ApprovalMode = Literal["deny", "client"]
 ModelScope = Literal["request", "global", "session"]
+SystemMessages = Literal["drop", "forward"]
 
 
 def _split_commas(value: object) -> object:
@@ -114,6 +115,16 @@ class Settings(BaseSettings):
         1_000_000, gt=0, description="Most characters of text forwarded to the agent in one request."
     )
     proxy_max_image_bytes: int = Field(5 * 1024 * 1024, gt=0, description="Largest image, decoded, in bytes.")
+    proxy_image_url_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts whose http(s) image URLs are passed to Letta, which fetches them; "
+        "comma-separated; empty: only data URLs.",
+    )
+    proxy_system_messages: SystemMessages = Field(
+        "drop",
+        description="The client's system/developer messages and Responses instructions: dropped (Letta owns "
+        "the system prompt) or forwarded as a marked block before the user text.",
+    )
     proxy_keepalive_seconds: float = Field(
         15.0, gt=0, description="Idle seconds after which a stream gets an SSE comment, so no one cuts it."
     )
@@ -182,17 +193,28 @@ class Settings(BaseSettings):
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator(
-        "proxy_api_keys", "proxy_agents", "proxy_cors_origins", "proxy_user_agent_templates", mode="before"
+        "proxy_api_keys",
+        "proxy_agents",
+        "proxy_cors_origins",
+        "proxy_image_url_hosts",
+        "proxy_user_agent_templates",
+        mode="before",
     )
     @classmethod
     def _lists(cls, value: object) -> object:
         return _split_commas(value)
+
+    @field_validator("proxy_image_url_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str]) -> list[str]:
+        return [host.lower() for host in value]
 
     @field_validator(
         "proxy_log_level",
         "proxy_tool_calls",
         "proxy_model_scope",
         "proxy_task_requests",
+        "proxy_system_messages",
         "proxy_client_tools",
         "proxy_client_tools_unsupported",
         "proxy_tool_approvals",

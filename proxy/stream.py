@@ -20,13 +20,14 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Self
+from typing import Protocol, Self, cast
 
 import anyio
 import msgspec
 
 from proxy import protocol
 from proxy.errors import ProxyError
+from proxy.letta_wire import LettaMessage
 from proxy.observe import upstream_error
 from proxy.translate import TurnTranslator, upstream_failure
 
@@ -165,12 +166,66 @@ class Paced:
         raise StopAsyncIteration
 
 
-async def sse_frames(
+class Framer(Protocol):
+    """One API's frames for a streamed turn: the chat chunks, or the Responses API's events."""
+
+    def opening(self) -> bytes:
+        """Frames sent as soon as the stream opens (may be empty)."""
+        ...
+
+    def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
+        """Frames for one Letta event and the delta the translator made of it (may be empty)."""
+        ...
+
+    def closing(self, translator: TurnTranslator) -> bytes:
+        """The end of a turn that finished: how it stopped, its usage."""
+        ...
+
+    def failure(self, error: ProxyError) -> bytes:
+        """The end of a turn that failed once the stream was open."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ChatFramer:
+    """chat.completion.chunk frames: role chunk, deltas, finish chunk, usage chunk, `[DONE]`."""
+
+    header: ChunkHeader
+    include_usage: bool
+
+    def opening(self) -> bytes:
+        return self.header.chunk(protocol.Delta(role="assistant", content=""))
+
+    def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
+        return self.header.chunk(delta) if delta is not None else b""
+
+    def closing(self, translator: TurnTranslator) -> bytes:
+        finish = self.header.chunk(protocol.Delta(), translator.finish_reason)
+        if self.include_usage and translator.usage is not None:
+            return finish + self.header.usage(translator.usage) + DONE
+        return finish + DONE
+
+    def failure(self, error: ProxyError) -> bytes:
+        return frame(protocol.ErrorBody(error=error.detail())) + DONE
+
+
+def sse_frames(
     events: AsyncGenerator[object, None],
     translator: TurnTranslator,
     header: ChunkHeader,
     *,
     include_usage: bool,
+    idle_seconds: float,
+) -> AsyncGenerator[bytes, None]:
+    """A streamed chat completion."""
+    return turn_frames(events, translator, ChatFramer(header, include_usage), idle_seconds=idle_seconds)
+
+
+async def turn_frames(
+    events: AsyncGenerator[object, None],
+    translator: TurnTranslator,
+    framer: Framer,
+    *,
     idle_seconds: float,
 ) -> AsyncGenerator[bytes, None]:
     """Frames for one streamed turn; a client that leaves closes the Letta stream at once.
@@ -180,16 +235,18 @@ async def sse_frames(
     unsent: list[bytes] = []  # so that an error one event of a batch raises follows the frames before it
     try:
         async with Paced(events, idle_seconds) as batches:
-            yield header.chunk(protocol.Delta(role="assistant", content=""))
+            if opening := framer.opening():
+                yield opening
             async for batch in batches:
                 if isinstance(batch, bytes):
                     yield batch
                     continue
                 size = 0
                 for event in batch:
-                    if (delta := translator.feed(event)) is not None:
-                        unsent.append(chunk := header.chunk(delta))
-                        size += len(chunk)
+                    letta_event = cast(LettaMessage, event)
+                    if framed := framer.event(letta_event, translator.feed(letta_event)):
+                        unsent.append(framed)
+                        size += len(framed)
                         if size >= WRITE_BYTES:
                             yield b"".join(unsent)
                             unsent.clear()
@@ -201,12 +258,9 @@ async def sse_frames(
             raise upstream_failure(
                 "The Letta stream ended before the turn was complete.", code="upstream_disconnected"
             )
-        unsent.append(header.chunk(protocol.Delta(), translator.finish_reason))
-        if include_usage and translator.usage is not None:
-            unsent.append(header.usage(translator.usage))
+        unsent.append(framer.closing(translator))
     except ProxyError as error:
-        log.warning("stream %s ended with an error: %s", header.id, error.message)
+        log.warning("a stream ended with an error: %s", error.message)
         upstream_error(error.code)
-        unsent.append(frame(protocol.ErrorBody(error=error.detail())))
-    unsent.append(DONE)
+        unsent.append(framer.failure(error))
     yield b"".join(unsent)

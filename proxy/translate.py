@@ -7,15 +7,17 @@ can never disagree.
 """
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 from letta_client.types import MessageCreateParam
 
 from proxy import protocol
 from proxy.errors import bad_request, upstream_failure
 from proxy.letta_wire import LettaMessage, ToolCall
-from proxy.settings import ApprovalMode, ToolCallMode
+from proxy.settings import ApprovalMode, SystemMessages, ToolCallMode
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -45,6 +47,8 @@ class Limits:
     messages: int = 5000
     text_chars: int = 1_000_000
     image_bytes: int = 5 * 1024 * 1024
+    image_url_hosts: frozenset[str] = frozenset()  # hosts Letta may fetch images from; none: data URLs only
+    system_messages: SystemMessages = "drop"
 
 
 def letta_messages(
@@ -73,7 +77,14 @@ def letta_messages(
             "No user message after the last assistant message: there is nothing new to send to the agent.",
             param="messages",
         )
-    if sum(_text_length(turn["content"]) for turn in turns) > limits.text_chars:
+    if limits.system_messages == "forward" and turns:
+        system = [
+            _system_text(i, message)
+            for i, message in enumerate(request.messages)
+            if i > last_assistant and message.role in ("system", "developer")
+        ]
+        turns[0] = with_system_block(turns[0], system)
+    if sum(text_length(turn["content"]) for turn in turns) > limits.text_chars:
         raise bad_request(
             f"The new user messages hold more than {limits.text_chars} characters of text.",
             param="messages",
@@ -98,7 +109,34 @@ def sender_name(name: str | None) -> str | None:
     return cleaned or None
 
 
-def _text_length(content: object) -> int:
+def _system_text(index: int, message: protocol.ChatMessage) -> str:
+    content = message.content
+    if isinstance(content, str) or content is None:
+        return content or ""
+    if any(part.type != "text" for part in content):
+        raise bad_request(
+            f"messages[{index}] is a {message.role} message with non-text parts: only text can be forwarded.",
+            param=f"messages[{index}].content",
+        )
+    return "\n".join(part.text or "" for part in content)
+
+
+SYSTEM_BLOCK = "[System instructions from the client]\n{text}\n[End of the client's system instructions]"
+
+
+def with_system_block(turn: MessageCreateParam, texts: Iterable[str]) -> MessageCreateParam:
+    """The client's system text as a marked block before the user text (PROXY_SYSTEM_MESSAGES=forward)."""
+    text = "\n\n".join(t for t in texts if t.strip())
+    if not text:
+        return turn
+    block = SYSTEM_BLOCK.format(text=text)
+    content = turn["content"]
+    if isinstance(content, str):
+        return {**turn, "content": f"{block}\n\n{content}"}
+    return {**turn, "content": [{"type": "text", "text": block}, *cast(list[Any], content)]}
+
+
+def text_length(content: object) -> int:
     if isinstance(content, str):
         return len(content)
     return sum(len(part.get("text", "")) for part in cast(list[dict[str, Any]], content))
@@ -121,7 +159,7 @@ def _user_content(index: int, message: protocol.ChatMessage, limits: Limits) -> 
             else:
                 parts.append({"type": "text", "text": part.text})
         elif part.type == "image_url" and part.image_url is not None:
-            parts.append(_image(part.image_url.url, where, limits.image_bytes))
+            parts.append(image_part(part.image_url.url, f"{where}.image_url.url", limits))
         else:
             raise bad_request(
                 f"Unsupported content part of type '{part.type}' in {where}: send text or image_url parts.",
@@ -134,23 +172,39 @@ def _user_content(index: int, message: protocol.ChatMessage, limits: Limits) -> 
     return parts
 
 
-def _image(url: str, where: str, max_bytes: int) -> dict[str, Any]:
-    """Only inline images: the proxy does not fetch remote URLs on a client's behalf."""
+def image_part(url: str, param: str, limits: Limits) -> dict[str, Any]:
+    """A Letta image: a base64 data URL, or an http(s) URL on an allowed host, which Letta fetches itself.
+
+    Letta would fetch whatever URL a client names, so remote images are refused unless their host is one
+    the deployment listed (PROXY_IMAGE_URL_HOSTS).
+    """
+    if url.startswith(("http://", "https://")) and _allowed_host(url, limits.image_url_hosts):
+        return {"type": "image", "source": {"type": "url", "url": url}}
     header, comma, data = url.partition(",")
     media_type, _, encoding = header.removeprefix("data:").partition(";")
     if not (url.startswith("data:") and comma and encoding == "base64" and media_type.startswith("image/")):
+        allowed = " or http(s) URLs on the hosts the proxy allows" if limits.image_url_hosts else ""
         raise bad_request(
-            f"Unsupported image URL in {where}: "
-            "only base64 data URLs (data:image/...;base64,...) are accepted.",
-            param=f"{where}.image_url.url",
+            f"Unsupported image URL in {param}: "
+            f"only base64 data URLs (data:image/...;base64,...){allowed} are accepted.",
+            param=param,
         )
-    if len(data) * 3 // 4 > max_bytes:
+    if len(data) * 3 // 4 > limits.image_bytes:
         raise bad_request(
-            f"The image in {where} is larger than {max_bytes} bytes.",
-            param=f"{where}.image_url.url",
+            f"The image in {param} is larger than {limits.image_bytes} bytes.",
+            param=param,
             code="image_too_large",
         )
     return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+
+
+def _allowed_host(url: str, hosts: frozenset[str]) -> bool:
+    """Exact host names only, and no credentials in the URL (they would reach Letta's fetch)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.username is None and (parts.hostname or "") in hosts
 
 
 # --- Letta messages and events -> OpenAI deltas ---------------------------------------------------

@@ -97,6 +97,7 @@ def fuzz_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient
     with mocked_letta() as letta:
         letta.get("/v1/agents/").mock(side_effect=lambda request: agents_page(request, [AGENT]))
         letta.post(f"/v1/agents/{AGENT['id']}/messages").mock(side_effect=turn)
+        letta.get(url__regex=r"/v1/conversations/[^/]+$").mock(return_value=httpx.Response(404, json={}))
         settings_ = make_settings(Path(tmp_path_factory.mktemp("fuzz")), proxy_agent_cache_seconds=60)
         with TestClient(create_app(settings_)) as client:
             client.headers["X-Api-Key"] = KEY
@@ -138,3 +139,74 @@ def test_arbitrary_bytes_on_every_route(
 ) -> None:
     """Raw bytes with any content type, on each route and a few near it."""
     check(fuzz_client.post(path, content=body, headers={"content-type": content_type}))
+
+
+RESPONSES = "/v1/responses"
+
+
+def mostly(valid: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    """Valid values three times in four, so that most requests get past the outline to the translation."""
+    return st.one_of(valid, valid, valid, json_values)
+
+
+input_parts = st.fixed_dictionaries(
+    {"type": mostly(st.sampled_from(["input_text", "input_image", "input_file", "output_text", ""]))},
+    optional={
+        "text": mostly(st.text(max_size=30)),
+        "image_url": mostly(st.sampled_from(["data:image/png;base64,iVBORw0KGgo=", "https://x/y.png", ""])),
+    },
+)
+texts = mostly(st.text(max_size=20) | st.lists(input_parts, max_size=3))
+items = mostly(
+    st.fixed_dictionaries(
+        {"role": mostly(st.sampled_from(["user", "assistant", "system", "developer", "tool"]))},
+        optional={"type": mostly(st.sampled_from(["message", "x"])), "content": texts},
+    )
+    | st.fixed_dictionaries(
+        {"type": st.just("function_call")},
+        optional={
+            "call_id": mostly(st.text(max_size=8)),
+            "name": st.text(max_size=8),
+            "arguments": st.text(),
+        },
+    )
+    | st.fixed_dictionaries(
+        {"type": st.just("function_call_output")},
+        optional={"call_id": mostly(st.text(max_size=8)), "output": texts},
+    )
+    | st.fixed_dictionaries({"type": mostly(st.sampled_from(["reasoning", "item_reference", ""]))})
+)
+responses_requests = st.fixed_dictionaries(
+    {"input": mostly(st.text(max_size=30) | st.lists(items, max_size=4))},
+    optional={
+        "model": mostly(st.sampled_from([AGENT["name"], AGENT["id"], "nobody", ""])),
+        "stream": mostly(st.booleans()),
+        "instructions": mostly(st.text(max_size=20)),
+        "previous_response_id": mostly(st.sampled_from(["resp_", "resp_AAAA", ""]) | st.text(max_size=40)),
+        "conversation": mostly(st.text(max_size=12) | st.fixed_dictionaries({"id": st.text(max_size=8)})),
+        "tools": mostly(
+            st.lists(
+                st.fixed_dictionaries(
+                    {"type": st.sampled_from(["function", "web_search"])},
+                    optional={"name": mostly(st.text())},
+                ),
+                max_size=2,
+            )
+        ),
+        "tool_choice": mostly(st.sampled_from(["none", "auto", "required", "bogus"])),
+        "user": mostly(st.text(max_size=10)),
+    },
+)
+
+
+@settings(FUZZ, max_examples=400)
+@given(body=responses_requests)
+def test_near_valid_responses_requests(fuzz_client: TestClient, body: dict[str, object]) -> None:
+    """Responses requests of the right outline with odd values: errors in OpenAI's shape, streams that
+    end in response.completed or response.failed."""
+    response = fuzz_client.post(RESPONSES, json=body)
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        last = [frame for frame in response.text.split("\n\n") if frame][-1]
+        assert last.startswith(("event: response.completed\n", "event: response.failed\n")), last
+    else:
+        check(response)

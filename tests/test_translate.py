@@ -9,6 +9,7 @@ from proxy import protocol
 from proxy.errors import ProxyError
 from proxy.translate import (
     APPROVAL_NOTE,
+    SYSTEM_BLOCK,
     Limits,
     TurnTranslator,
     completion,
@@ -380,6 +381,38 @@ def test_requests_at_the_limits_pass() -> None:
     assert (
         len(letta_messages(request(messages=messages), Limits(messages=2, text_chars=3, image_bytes=3))) == 2
     )
+
+
+# --- settings shared with the Responses API --------------------------------------------------------
+
+
+def test_system_messages_are_forwarded_as_a_marked_block_only_when_set_and_new() -> None:
+    """PROXY_SYSTEM_MESSAGES=forward: the new system/developer text goes first, marked; old is not resent."""
+    body = request(
+        messages=[
+            {"role": "system", "content": "old rules"},
+            {"role": "user", "content": "a"},
+            {"role": "assistant", "content": "b"},
+            {"role": "developer", "content": [{"type": "text", "text": "new rules"}]},
+            {"role": "user", "content": "c"},
+        ]
+    )
+    assert letta_messages(body) == [{"role": "user", "content": "c"}]
+    forwarded = letta_messages(body, Limits(system_messages="forward"))
+    assert forwarded == [{"role": "user", "content": f"{SYSTEM_BLOCK.format(text='new rules')}\n\nc"}]
+
+
+def test_image_urls_pass_only_for_allowed_hosts() -> None:
+    """Letta fetches a URL image itself: only the hosts of PROXY_IMAGE_URL_HOSTS may be named."""
+    url = "https://images.example.com/cat.png"
+    body = request(messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}])
+    with pytest.raises(ProxyError) as refused:
+        letta_messages(body)
+    assert refused.value.param == "messages[0].content[0].image_url.url"
+    allowed = Limits(image_url_hosts=frozenset({"images.example.com"}))
+    assert letta_messages(body, allowed)[0]["content"] == [
+        {"type": "image", "source": {"type": "url", "url": url}}
+    ]
 
 
 # --- client tools and approvals ------------------------------------------------------------------

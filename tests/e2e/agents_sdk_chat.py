@@ -1,7 +1,9 @@
 """Run under the OpenAI Agents SDK venv (tests/e2e/agents_venv.py), not by pytest: one agent run against the
-proxy in chat-completions mode, with a @function_tool, whole or streamed.
+proxy in chat-completions mode (or, with API=responses, in the SDK's default Responses mode), with a
+@function_tool, whole or streamed.
 
-Usage: python agents_sdk_chat.py <user text> [stream]; PROXY_URL, PROXY_KEY, AGENT in the environment.
+Usage: python agents_sdk_chat.py <user text> [stream]; PROXY_URL, PROXY_KEY, AGENT (and API) in the
+environment.
 Prints one JSON line: the run's final output, the tool's calls, and the items the run produced.
 """
 
@@ -10,7 +12,14 @@ import json
 import os
 import sys
 
-from agents import Agent, OpenAIChatCompletionsModel, Runner, function_tool, set_tracing_disabled
+from agents import (
+    Agent,
+    OpenAIChatCompletionsModel,
+    OpenAIResponsesModel,
+    Runner,
+    function_tool,
+    set_tracing_disabled,
+)
 from openai import AsyncOpenAI
 
 calls: list[str] = []
@@ -28,7 +37,8 @@ async def main(text: str, stream: bool) -> None:
     client = AsyncOpenAI(
         base_url=f"{os.environ['PROXY_URL']}/v1", api_key=os.environ["PROXY_KEY"], max_retries=0
     )
-    model = OpenAIChatCompletionsModel(model=os.environ["AGENT"], openai_client=client)
+    kind = OpenAIResponsesModel if os.environ.get("API") == "responses" else OpenAIChatCompletionsModel
+    model = kind(model=os.environ["AGENT"], openai_client=client)
     agent = Agent(name="letta", instructions="Use the tools.", model=model, tools=[get_weather])
     if stream:
         result = Runner.run_streamed(agent, text)

@@ -1,5 +1,7 @@
-"""End to end: the OpenAI Agents SDK (chat-completions mode, in its own venv) runs its @function_tool
-through the proxy, in front of a real Letta, and the agent's own tool calls never reach it as tool_calls."""
+"""End to end: the OpenAI Agents SDK (in its own venv), in chat-completions mode and in its default Responses
+mode, runs its @function_tool through the proxy, in front of a real Letta, and the agent's own tool calls
+never reach it as calls to run. In Responses mode it resends its whole input each round: only the new
+function output reaches the agent."""
 
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ pytestmark = pytest.mark.slow
 SCRIPT = Path(__file__).with_name("agents_sdk_chat.py")
 
 
+@pytest.mark.parametrize("api", ["chat", "responses"])
 @pytest.mark.parametrize("stream", [False, True], ids=["run", "run_streamed"])
-def test_function_tool_loop(proxy_url: str, api_key: str, agent: AgentState, stream: bool):
+def test_function_tool_loop(proxy_url: str, api_key: str, agent: AgentState, stream: bool, api: str):
     """The agent calls the SDK's tool; the SDK runs it and sends the result; the final output quotes it."""
     city = f"Paris-{uuid.uuid4().hex[:6]}"
     text = f'/call get_weather {{"city": "{city}"}}'
@@ -28,6 +31,7 @@ def test_function_tool_loop(proxy_url: str, api_key: str, agent: AgentState, str
         PROXY_URL=proxy_url,
         PROXY_KEY=api_key,
         AGENT=agent.name,
+        API=api,
     )
     assert out["calls"] == [city]
     assert out["final"].startswith(f"Echo: {text} | get_weather returned: ")
@@ -35,9 +39,12 @@ def test_function_tool_loop(proxy_url: str, api_key: str, agent: AgentState, str
     assert out["items"][:2] == ["tool_call_item", "tool_call_output_item"]
 
 
-def test_the_agents_own_tool_call_is_not_run_by_the_sdk(proxy_url: str, api_key: str, agent: AgentState):
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_the_agents_own_tool_call_is_not_run_by_the_sdk(
+    proxy_url: str, api_key: str, agent: AgentState, api: str
+):
     """The agent's conversation_search (Letta ran it) does not make the SDK look for a tool it lacks
     (before: ModelBehaviorError "Tool conversation_search not found")."""
-    out = run_script(SCRIPT, "/tool sdk", PROXY_URL=proxy_url, PROXY_KEY=api_key, AGENT=agent.name)
+    out = run_script(SCRIPT, "/tool sdk", PROXY_URL=proxy_url, PROXY_KEY=api_key, AGENT=agent.name, API=api)
     assert out["final"] == "Echo: /tool sdk"
     assert out["calls"] == [] and "tool_call_item" not in out["items"]

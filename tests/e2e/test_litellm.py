@@ -818,3 +818,40 @@ def test_server_never_resends_a_failed_turn(litellm_server: LiteLLMServer, letta
         )
     assert exc.value.status_code >= 500
     assert len(runs(letta, server.broken.id)) - before == 1
+
+
+# ---------------------------------------------------------------- the Responses API through LiteLLM
+
+
+def test_library_responses(
+    litellm: ModuleType, proxy_url: str, api_key: str, agent: AgentState, letta: Letta
+):
+    """litellm.responses sends `openai/` models to our /v1/responses: whole and streamed."""
+    text, streamed = f"responses via litellm {_marker()}", f"streamed responses via litellm {_marker()}"
+    common = {"model": f"openai/{agent.name}", "api_base": f"{proxy_url}/v1", "api_key": api_key}
+    whole = litellm.responses(input=text, **common)
+    assert whole.output[0].content[0].text == f"Echo: {text}"
+    assert whole.usage.input_tokens > 0 and whole.usage.output_tokens > 0
+    kinds, deltas = [], []
+    for event in litellm.responses(input=streamed, stream=True, **common):
+        kinds.append(str(getattr(event.type, "value", event.type)))
+        if kinds[-1] == "response.output_text.delta":
+            deltas.append(event.delta)
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "".join(deltas) == f"Echo: {streamed}"
+    assert [t for t in user_texts(letta, agent.id) if t in (text, streamed)] == [text, streamed]
+
+
+def test_server_responses(litellm_server: LiteLLMServer, letta: Letta):
+    """The LiteLLM server from the example config passes /v1/responses on, previous_response_id included."""
+    server = litellm_server
+    text = f"responses via the litellm server {_marker()}"
+    with server.client() as client:
+        first = client.responses.create(model=server.agent.name, input=text)
+        assert first.output_text == f"Echo: {text}"
+        with client.responses.stream(
+            model=server.agent.name, input="and on", previous_response_id=first.id
+        ) as stream:
+            second = stream.get_final_response()
+    assert second.output_text == "Echo: and on"
+    assert user_texts(letta, server.agent.id)[-2:] == [text, "and on"]

@@ -1,0 +1,84 @@
+"""End to end: Codex CLI (`@openai/codex` from npm, which ships its binary) runs `codex exec` to a final
+answer through /v1/responses, in front of a real Letta, with the provider entry the README shows.
+
+Codex only speaks the Responses API, streamed. It runs with HOME in a temporary directory (its config
+and session files go there), no network beyond the proxy on loopback, and its retries off, so a failed
+turn is never sent to the agent twice. `.ci/run` installs it into `.codex-cli/`; elsewhere set
+`CODEX_BIN`. Without it the test skips, saying how to install it, unless PROXY_E2E_REQUIRED=1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from letta_client import Letta
+from letta_client.types import AgentState
+
+from tests.e2e.letta_history import runs, user_texts
+
+pytestmark = pytest.mark.slow
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CODEX = Path(os.environ.get("CODEX_BIN", PROJECT_ROOT / ".codex-cli" / "node_modules" / ".bin" / "codex"))
+REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
+CONFIG = """\
+model = "{agent}"
+model_provider = "letta"
+
+[model_providers.letta]
+name = "Letta via letta-openai-proxy"
+base_url = "{proxy}/v1"
+env_key = "LETTA_PROXY_API_KEY"
+wire_api = "responses"
+request_max_retries = 0
+stream_max_retries = 0
+"""
+
+
+@pytest.fixture(scope="session")
+def codex() -> Path:
+    if not CODEX.exists():
+        reason = f"no Codex CLI at {CODEX}: `npm install --prefix .codex-cli @openai/codex`, or set CODEX_BIN"
+        if REQUIRED:
+            pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return CODEX
+
+
+def test_codex_exec_reaches_a_final_answer(
+    codex: Path,
+    proxy_url: str,
+    api_key: str,
+    make_agent: Callable[[], AgentState],
+    letta: Letta,
+    tmp_path: Path,
+) -> None:
+    """One streamed turn, its <environment_context> item and prompt joined into one Letta user message,
+    answered by the agent; Codex prints that answer as its last message."""
+    agent = make_agent()
+    home, work = tmp_path / "home", tmp_path / "work"
+    (home / ".codex").mkdir(parents=True)
+    work.mkdir()
+    (home / ".codex" / "config.toml").write_text(CONFIG.format(agent=agent.name, proxy=proxy_url))
+    prompt = f"say hello {uuid.uuid4().hex[:8]}"
+    last = tmp_path / "last-message.txt"
+    done = subprocess.run(
+        [str(codex), "exec", "--skip-git-repo-check", "--output-last-message", str(last), prompt],
+        cwd=work,
+        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LETTA_PROXY_API_KEY": api_key},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, f"codex exec failed ({done.returncode}):\n{done.stderr[-4000:]}"
+    answer = last.read_text()
+    assert answer.startswith("Echo: ") and answer.rstrip().endswith(prompt), answer
+    [sent] = user_texts(letta, agent.id)
+    assert "<environment_context>" in sent and sent.endswith(prompt)  # one message: context, then prompt
+    assert len(runs(letta, agent.id)) == 1  # one request, no retry

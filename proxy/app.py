@@ -9,7 +9,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from proxy.auth import Client, load_clients
 from proxy.edge import ProxyRequest, body_deadline
-from proxy.errors import exception_handlers, json_not_found
+from proxy.error_responses import exception_handlers, json_not_found
 from proxy.letta import Letta
 from proxy.observe import observe
 from proxy.responses.serving import Responses

@@ -353,7 +353,7 @@ class Letta:
             await asyncio.sleep(RETRY_BACKOFF * 2**attempt)
             attempt += 1
 
-    async def conversations(self) -> bool:
+    async def has_conversations(self) -> bool:
         """Whether this Letta has conversations (Letta Cloud, newer servers; 0.16.8 has none).
 
         Asked once; a Letta that cannot be reached leaves the question open for the next time.

@@ -29,7 +29,7 @@ FIRST_CHUNK = Histogram(
     "proxy_first_chunk_seconds", "Time to the first byte of a stream", ["model"], buckets=_LATENCY_BUCKETS
 )
 OPEN_STREAMS = Gauge("proxy_open_streams", "Streams being sent now")
-UPSTREAM_ERRORS = Counter(
+UPSTREAM_FAILURES = Counter(
     "proxy_upstream_errors", "Failures of Letta or of the turn in it, by kind", ["kind"]
 )
 
@@ -47,7 +47,7 @@ def exposition() -> tuple[bytes, str]:
 
 
 def upstream_error(kind: str | None) -> None:
-    UPSTREAM_ERRORS.labels(kind or "unknown").inc()
+    UPSTREAM_FAILURES.labels(kind or "unknown").inc()
 
 
 def request_id(scope: Scope) -> str:

@@ -109,7 +109,7 @@ class Routing:
             raise bad_request(f"The chat key is longer than {MAX_CHAT_KEY} characters.", param=param)
         if detect_task(messages, headers) is not None:
             return None
-        return key if await self._letta.conversations() else None
+        return key if await self._letta.has_conversations() else None
 
     async def conversation(self, client: Client, agent: Agent, chat_key: str) -> str:
         """The Letta conversation pinned to this key's chat with the agent, made on first use."""

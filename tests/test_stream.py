@@ -7,14 +7,16 @@ from collections.abc import AsyncGenerator, AsyncIterator, Coroutine
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from proxy.errors import ProxyError
 from proxy.stream import DONE, KEEPALIVE, WRITE_BYTES, ChunkHeader, Paced, sse_frames
-from proxy.translate import TurnTranslator
+from proxy.translate import TurnTranslator, completion
 from tests.letta_captures import event, events
 
 HEADER = ChunkHeader("chatcmpl-test", 1700000000, "bot")
+CLIENT_TOOL = "get_weather"  # the client tool the approval capture calls
 ROLE = {"role": "assistant", "content": ""}
 TOKENS = ["Echo:", " stream", " me", " token", " by", " token"]
 
@@ -402,3 +404,42 @@ def test_a_burst_of_events_goes_out_in_writes_of_bounded_size() -> None:
     framed = delta({"content": text})
     assert max(len(w) for w in out) < WRITE_BYTES + len(framed)
     assert split(out).count(framed) == 40  # nothing lost
+
+
+@pytest.mark.parametrize(
+    "capture", ["stream_tokens.sse", "stream_steps.sse", "stream_tool_call.sse", "stream_approval.sse"]
+)
+def test_one_capture_gives_the_same_message_streamed_and_whole(capture: str) -> None:
+    """The chunks of a streamed turn, put together as a client SDK does, are the whole completion of the
+    same events: text, tool calls, finish reason and usage."""
+    tools = frozenset({CLIENT_TOOL})
+
+    async def streamed() -> list[bytes]:
+        out = sse_frames(
+            _source(events(capture)),
+            TurnTranslator(client_tools=tools),
+            HEADER,
+            include_usage=True,
+            idle_seconds=60,
+        )
+        return [f async for f in out]
+
+    whole = completion(events(capture), TurnTranslator(client_tools=tools), "c", 0, "m")
+    chunks = [json.loads(f[6:]) for f in split(asyncio.run(streamed())) if f.startswith(b"data: {")]
+    content, calls, finish, usage = "", {}, None, None
+    for piece in chunks:
+        usage = piece.get("usage") or usage
+        for choice in piece["choices"]:
+            finish = choice.get("finish_reason") or finish
+            content += choice["delta"].get("content") or ""
+            for call in choice["delta"].get("tool_calls") or ():
+                known = calls.setdefault(call["index"], {"id": call.get("id"), "name": "", "arguments": ""})
+                known["name"] += (call.get("function") or {}).get("name") or ""
+                known["arguments"] += (call.get("function") or {}).get("arguments") or ""
+    message = whole.choices[0].message
+    assert content == (message.content or "")
+    assert [(c["id"], c["name"], c["arguments"]) for c in calls.values()] == [
+        (c.id, c.function.name, c.function.arguments) for c in message.tool_calls or ()
+    ]
+    assert finish == whole.choices[0].finish_reason
+    assert usage == msgspec.to_builtins(whole.usage)

@@ -127,8 +127,8 @@ def _record(
     LATENCY.labels(route).observe(seconds)
     if first_byte is not None:
         FIRST_CHUNK.labels(model).observe(first_byte)
-    turn = state.get("turn")
-    usage = turn.usage if turn is not None else None
+    translator = state.get("translator")
+    usage = translator.usage if translator is not None else None
     path = printable(scope["path"])
     access.info(
         "%s %s %s %.1fms agent=%s tokens=%s request_id=%s",

@@ -145,7 +145,7 @@ async def retrieve_response(
 
 def _reply(request: Request, served: Served[Whole], stall_seconds: float) -> Response[Whole] | Stream:
     """The answer whole, or as an event stream; its agent and turn noted for the access log."""
-    request.state.agent, request.state.turn = served.agent, served.turn
+    request.state.agent, request.state.translator = served.agent, served.translator
     if isinstance(served.answer, msgspec.Struct):
         return Response(served.answer)
     return EventStream(served.answer, stall_seconds)

@@ -92,7 +92,7 @@ class Served(Generic[Whole]):
 
     answer: Whole | AsyncGenerator[bytes, None]
     agent: str | None = None
-    turn: TurnTranslator | None = None
+    translator: TurnTranslator | None = None
 
 
 class Chat:

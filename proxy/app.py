@@ -1,5 +1,7 @@
 """`create_app(settings)`: the Litestar application, with nothing built at import time."""
 
+from collections.abc import Awaitable, Callable
+
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -15,7 +17,7 @@ from proxy.observe import observe
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.serving import Chat
-from proxy.sessions import open_store
+from proxy.sessions import SessionStore, open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
 
@@ -38,13 +40,35 @@ def _singleton(value: object) -> Provide:
     return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
 
+Hook = Callable[[], Awaitable[None]]
+
+
+def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, list[Hook], list[Hook]]:
+    """What replicas must agree on: in Redis, over one client, when PROXY_REDIS_URL is set; else in memory.
+
+    Redis's client is imported only then: it adds about 18 MiB to the process.
+    """
+    if not settings.proxy_redis_url:
+        store = open_store(None, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds)
+        return store, TurnQueue(settings.proxy_queue_timeout), [], [store.aclose]
+    from proxy.redis_store import RedisStore, connect
+    from proxy.redis_turns import RedisTurns
+
+    client = connect(settings.proxy_redis_url)
+    shared = RedisStore(
+        client,
+        idle_seconds=settings.proxy_session_idle_seconds,
+        max_entries_per_namespace=settings.proxy_session_max_entries,
+    )
+    turns = RedisTurns(client, settings.proxy_queue_timeout, settings.proxy_lock_lease_seconds)
+    return shared, turns, [turns.start], [turns.aclose, shared.aclose]
+
+
 def create_app(settings: Settings, clients: list[Client] | None = None) -> Litestar:
     """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front
     (or given, by the command that has loaded them already to check them before anything else)."""
     letta = Letta(settings)
-    store = open_store(
-        settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
-    )
+    store, turns, on_startup, on_shutdown = _shared_state(settings)
     routing = Routing(
         letta,
         store,
@@ -57,12 +81,12 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),
-            "chat": _singleton(Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)),
+            "chat": _singleton(Chat(letta, routing, turns, settings)),
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,
-        on_startup=[letta.announce],
-        on_shutdown=[letta.aclose, store.aclose],
+        on_startup=[letta.announce, *on_startup],
+        on_shutdown=[letta.aclose, *on_shutdown],
         state=State({"clients": load_clients(settings) if clients is None else clients}),
         request_max_body_size=settings.proxy_max_body_bytes,
         cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)

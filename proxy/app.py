@@ -64,6 +64,11 @@ def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, list[Hoo
     return shared, turns, [turns.start], [turns.aclose, shared.aclose]
 
 
+def from_environment() -> Litestar:
+    """The app of one of several workers (PROXY_WORKERS), each reading the settings the command checked."""
+    return create_app(Settings())
+
+
 def create_app(settings: Settings, clients: list[Client] | None = None) -> Litestar:
     """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front
     (or given, by the command that has loaded them already to check them before anything else)."""

@@ -12,8 +12,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from proxy.auth import Client, load_clients
 from proxy.edge import ProxyRequest, body_deadline
 from proxy.errors import exception_handlers, json_not_found
+from proxy.idempotency import Outcomes, idempotent
 from proxy.letta import Letta
 from proxy.observe import observe
+from proxy.outcomes import MemoryOutcomes
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.serving import Chat
@@ -43,14 +45,16 @@ def _singleton(value: object) -> Provide:
 Hook = Callable[[], Awaitable[None]]
 
 
-def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, list[Hook], list[Hook]]:
+def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes, list[Hook], list[Hook]]:
     """What replicas must agree on: in Redis, over one client, when PROXY_REDIS_URL is set; else in memory.
 
     Redis's client is imported only then: it adds about 18 MiB to the process.
     """
     if not settings.proxy_redis_url:
         store = open_store(None, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds)
-        return store, TurnQueue(settings.proxy_queue_timeout), [], [store.aclose]
+        outcomes = MemoryOutcomes(settings.proxy_idempotency_seconds, settings.proxy_idempotency_max_entries)
+        return store, TurnQueue(settings.proxy_queue_timeout), outcomes, [], [store.aclose]
+    from proxy.redis_outcomes import RedisOutcomes
     from proxy.redis_store import RedisStore, connect
     from proxy.redis_turns import RedisTurns
 
@@ -61,7 +65,8 @@ def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, list[Hoo
         max_entries_per_namespace=settings.proxy_session_max_entries,
     )
     turns = RedisTurns(client, settings.proxy_queue_timeout, settings.proxy_lock_lease_seconds)
-    return shared, turns, [turns.start], [turns.aclose, shared.aclose]
+    outcomes = RedisOutcomes(client, settings.proxy_idempotency_seconds, settings.proxy_lock_lease_seconds)
+    return shared, turns, outcomes, [turns.start], [turns.aclose, shared.aclose]
 
 
 def from_environment() -> Litestar:
@@ -73,7 +78,8 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front
     (or given, by the command that has loaded them already to check them before anything else)."""
     letta = Letta(settings)
-    store, turns, on_startup, on_shutdown = _shared_state(settings)
+    store, turns, outcomes, on_startup, on_shutdown = _shared_state(settings)
+    clients = load_clients(settings) if clients is None else clients
     routing = Routing(
         letta,
         store,
@@ -92,7 +98,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         after_request=json_not_found,
         on_startup=[letta.announce, *on_startup],
         on_shutdown=[letta.aclose, *on_shutdown],
-        state=State({"clients": load_clients(settings) if clients is None else clients}),
+        state=State({"clients": clients}),
         request_max_body_size=settings.proxy_max_body_bytes,
         cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)
         if settings.proxy_cors_origins
@@ -102,5 +108,13 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         request_class=ProxyRequest,
     )
     # Around Litestar's whole handler, not per route: requests that match no route are observed too.
-    app.asgi_handler = observe(body_deadline(app.asgi_handler, settings.proxy_body_timeout_seconds))
+    # Idempotency-Key inside the body deadline (it reads the body first) and outside every route.
+    kept = idempotent(
+        app.asgi_handler,
+        outcomes,
+        clients,
+        settings.proxy_max_body_bytes,
+        settings.proxy_lock_lease_seconds / 3,
+    )
+    app.asgi_handler = observe(body_deadline(kept, settings.proxy_body_timeout_seconds))
     return app

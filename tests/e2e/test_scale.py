@@ -18,7 +18,7 @@ import redis
 from letta_client import Letta
 from letta_client.types import AgentState
 
-from tests.e2e.letta_history import messages
+from tests.e2e.letta_history import messages, runs, utc
 from tests.proxy_process import ProxyProcess, running_proxy
 from tests.redis_server import RedisServer, running_redis
 
@@ -85,12 +85,17 @@ def twelve_at_once(replicas: list[ProxyProcess], agent: str, **headers: str) -> 
 def test_twelve_turns_to_one_agent_over_three_processes_never_interleave(
     replicas: list[ProxyProcess], letta: Letta, make_agent: Callable[[], AgentState]
 ) -> None:
-    """All twelve answered, and the agent's history keeps each message followed by its own answer."""
+    """All twelve answered, the agent's history keeps each message followed by its own answer, and
+    Letta's runs for the agent never overlap in time."""
     agent = make_agent()
     texts = twelve_at_once(replicas, agent.name)
     history = [(kind, text) for kind, text, _ in messages(letta, agent.id)]
     assert_each_answer_follows_its_message(history)
     assert sorted(text for kind, text in history if kind == "user_message") == sorted(texts)
+    turns = runs(letta, agent.id)
+    assert len(turns) == 12
+    for earlier, later in zip(turns, turns[1:], strict=False):
+        assert utc(earlier.completed_at) <= utc(later.created_at), "two turns of one agent ran at once"
 
 
 def test_twelve_turns_in_one_conversation_over_three_processes_never_interleave(

@@ -121,18 +121,22 @@ def connection_policy(settings: Settings) -> dict[str, Any]:
     }
 
 
+def server_options(settings: Settings, log_config: dict[str, Any]) -> dict[str, Any]:
+    """What one worker or several are served with alike: the address, the logs, the connection policy."""
+    return {
+        "interface": Interfaces.ASGI,
+        "address": settings.proxy_host,
+        "port": settings.proxy_port,
+        "websockets": False,
+        "log_level": settings.proxy_log_level,
+        "log_dictconfig": log_config,
+        **connection_policy(settings),
+    }
+
+
 async def serve(settings: Settings, log_config: dict[str, Any], clients: list[Client]) -> None:
     """Serves until SIGTERM or SIGINT; then new connections are refused and open requests get the grace."""
-    server = Server(
-        create_app(settings, clients),
-        interface=Interfaces.ASGI,
-        address=settings.proxy_host,
-        port=settings.proxy_port,
-        websockets=False,
-        log_level=settings.proxy_log_level,  # type: ignore[arg-type]
-        log_dictconfig=log_config,
-        **connection_policy(settings),
-    )
+    server = Server(create_app(settings, clients), **server_options(settings, log_config))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -158,21 +162,15 @@ def serve_workers(settings: Settings, log_config: dict[str, Any]) -> None:
             "two turns for one agent may reach it at once; set PROXY_REDIS_URL",
             settings.proxy_workers,
         )
-    policy = connection_policy(settings)
-    policy["backpressure"] = max(1, settings.proxy_max_connections // settings.proxy_workers)  # per worker
+    options = server_options(settings, log_config)
+    options["backpressure"] = max(1, settings.proxy_max_connections // settings.proxy_workers)  # per worker
     WorkersServer(
         "proxy.app:from_environment",
         factory=True,
         workers=settings.proxy_workers,
-        interface=Interfaces.ASGI,
-        address=settings.proxy_host,
-        port=settings.proxy_port,
-        websockets=False,
-        log_level=settings.proxy_log_level,  # type: ignore[arg-type]
-        log_dictconfig=log_config,
         respawn_failed_workers=True,
         workers_kill_timeout=max(1, settings.proxy_shutdown_grace_seconds),  # 0 would mean "wait forever"
-        **policy,
+        **options,
     ).serve()
 
 

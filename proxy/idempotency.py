@@ -52,8 +52,7 @@ def idempotent(
 
     async def guarded(scope: Scope, receive: Receive, send: Send) -> None:
         raw = _header(scope) if scope["type"] == "http" and scope["method"] == "POST" else None
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
-        client = identify(presented_key(headers), clients) if raw is not None else None
+        client = identify(presented_key(_text_headers(scope)), clients) if raw is not None else None
         if raw is None or client is None:  # an unknown key gets its 401 from the app, nothing kept
             await app(scope, receive, send)
             return
@@ -186,6 +185,10 @@ async def _replay(outcomes: Outcomes, key: str, send: Send) -> bool:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
             return True
         await outcomes.wait(key, seen)
+
+
+def _text_headers(scope: Scope) -> list[tuple[str, str]]:
+    return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope.get("headers", ())]
 
 
 def _header(scope: Scope) -> str | None:

@@ -32,7 +32,8 @@ def start_fake(servers: Servers, profiles: list[wire.Profile]) -> Server:
     return fake
 
 
-def start_proxy(servers: Servers, fake: Server, tmp: Path) -> Server:
+def start_proxy(servers: Servers, fake: Server, tmp: Path, name: str = "proxy", **extra: str) -> Server:
+    """`python -m proxy` against the fake; `extra` settings on top (PROXY_WORKERS, PROXY_REDIS_URL)."""
     port = free_port()
     env = {
         **os.environ,
@@ -43,8 +44,9 @@ def start_proxy(servers: Servers, fake: Server, tmp: Path) -> Server:
         "PROXY_API_KEY_FILE": str(tmp / "proxy-key.json"),
         "PROXY_LOG_LEVEL": "warning",
         "PROXY_AGENT_CACHE_SECONDS": "60",
+        **extra,
     }
-    proxy = servers.start("proxy", [sys.executable, "-m", "proxy"], port, cwd=ROOT, env=env)
+    proxy = servers.start(name, [sys.executable, "-m", "proxy"], port, cwd=ROOT, env=env)
     wait_ready(proxy, "/v1/models", 60, {"Authorization": f"Bearer {PROXY_KEY}"})
     return proxy
 

@@ -1,8 +1,11 @@
 """`python -m proxy` and the `letta-openai-proxy` command: check the settings, then serve with Granian.
 
 Granian rather than uvicorn because it measured faster on this app (wrk, 32 connections, cached
-`/v1/models`, one worker, 2 cores: about 2,700 against 2,200 requests/s). Its embedded server, in this
-process, rather than its usual one: that one adds a leader process (about 60 MiB) that only supervises.
+`/v1/models`, one worker, 2 cores: about 2,700 against 2,200 requests/s). One worker: its embedded
+server, in this process, rather than its usual one, which adds a leader process (about 60 MiB) that only
+supervises. More workers (PROXY_WORKERS): that usual server, whose leader is then worth its memory: it
+shares one listening socket among the workers, restarts a crashed one, and on SIGTERM stops them all
+with the same grace. Each worker builds its app from the environment (`proxy.app:from_environment`).
 """
 
 import argparse
@@ -18,6 +21,7 @@ from typing import Any
 import uvloop
 from granian.constants import HTTPModes, Interfaces
 from granian.http import HTTP1Settings
+from granian.server import Server as WorkersServer
 from granian.server.embed import Server
 from pydantic import ValidationError
 
@@ -117,18 +121,22 @@ def connection_policy(settings: Settings) -> dict[str, Any]:
     }
 
 
+def server_options(settings: Settings, log_config: dict[str, Any]) -> dict[str, Any]:
+    """What one worker or several are served with alike: the address, the logs, the connection policy."""
+    return {
+        "interface": Interfaces.ASGI,
+        "address": settings.proxy_host,
+        "port": settings.proxy_port,
+        "websockets": False,
+        "log_level": settings.proxy_log_level,
+        "log_dictconfig": log_config,
+        **connection_policy(settings),
+    }
+
+
 async def serve(settings: Settings, log_config: dict[str, Any], clients: list[Client]) -> None:
     """Serves until SIGTERM or SIGINT; then new connections are refused and open requests get the grace."""
-    server = Server(
-        create_app(settings, clients),
-        interface=Interfaces.ASGI,
-        address=settings.proxy_host,
-        port=settings.proxy_port,
-        websockets=False,
-        log_level=settings.proxy_log_level,  # type: ignore[arg-type]
-        log_dictconfig=log_config,
-        **connection_policy(settings),
-    )
+    server = Server(create_app(settings, clients), **server_options(settings, log_config))
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -146,6 +154,26 @@ async def serve(settings: Settings, log_config: dict[str, Any], clients: list[Cl
     await server.serve()
 
 
+def serve_workers(settings: Settings, log_config: dict[str, Any]) -> None:
+    """N worker processes, each its own app and event loop, behind one socket; blocks until stopped."""
+    if not settings.proxy_redis_url:
+        log.warning(
+            "PROXY_WORKERS=%d without PROXY_REDIS_URL: each worker queues an agent's turns on its own, so "
+            "two turns for one agent may reach it at once; set PROXY_REDIS_URL",
+            settings.proxy_workers,
+        )
+    options = server_options(settings, log_config)
+    options["backpressure"] = max(1, settings.proxy_max_connections // settings.proxy_workers)  # per worker
+    WorkersServer(
+        "proxy.app:from_environment",
+        factory=True,
+        workers=settings.proxy_workers,
+        respawn_failed_workers=True,
+        workers_kill_timeout=max(1, settings.proxy_shutdown_grace_seconds),  # 0 would mean "wait forever"
+        **options,
+    ).serve()
+
+
 def main() -> None:
     usage().parse_args()
     try:
@@ -156,7 +184,10 @@ def main() -> None:
     logging.config.dictConfig(config)
     clients = load_clients(settings)  # here, so that a key problem stops start-up before anything else
     raise_file_limit(settings.proxy_max_connections)
-    uvloop.run(serve(settings, config, clients))
+    if settings.proxy_workers > 1:
+        serve_workers(settings, config)
+    else:
+        uvloop.run(serve(settings, config, clients))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """`create_app(settings)`: the Litestar application, with nothing built at import time."""
 
+from collections.abc import Awaitable, Callable
+
 from litestar import Litestar
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -10,13 +12,15 @@ from litestar.openapi.spec import Components, SecurityScheme
 from proxy.auth import Client, load_clients
 from proxy.edge import ProxyRequest, body_deadline
 from proxy.error_responses import exception_handlers, json_not_found
+from proxy.idempotency import Outcomes, idempotent
 from proxy.letta import Letta
 from proxy.observe import observe
+from proxy.outcomes import MemoryOutcomes
 from proxy.responses.serving import Responses
 from proxy.routes import metrics, probes, v1
 from proxy.routing import Routing
 from proxy.serving import Chat
-from proxy.sessions import open_store
+from proxy.sessions import SessionStore, open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
 from proxy.user_agents import UserAgents
@@ -40,13 +44,44 @@ def _singleton(value: object) -> Provide:
     return Provide(lambda: value, sync_to_thread=False, use_cache=True)
 
 
+Hook = Callable[[], Awaitable[None]]
+
+
+def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes, list[Hook], list[Hook]]:
+    """What replicas must agree on: in Redis, over one client, when PROXY_REDIS_URL is set; else in memory.
+
+    Redis's client is imported only then: it adds about 18 MiB to the process.
+    """
+    if not settings.proxy_redis_url:
+        store = open_store(None, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds)
+        outcomes = MemoryOutcomes(settings.proxy_idempotency_seconds, settings.proxy_idempotency_max_entries)
+        return store, TurnQueue(settings.proxy_queue_timeout), outcomes, [], [store.aclose]
+    from proxy.redis_outcomes import RedisOutcomes
+    from proxy.redis_store import RedisStore, connect
+    from proxy.redis_turns import RedisTurns
+
+    client = connect(settings.proxy_redis_url)
+    shared = RedisStore(
+        client,
+        idle_seconds=settings.proxy_session_idle_seconds,
+        max_entries_per_namespace=settings.proxy_session_max_entries,
+    )
+    turns = RedisTurns(client, settings.proxy_queue_timeout, settings.proxy_lock_lease_seconds)
+    outcomes = RedisOutcomes(client, settings.proxy_idempotency_seconds, settings.proxy_lock_lease_seconds)
+    return shared, turns, outcomes, [turns.start], [turns.aclose, shared.aclose]
+
+
+def from_environment() -> Litestar:
+    """The app of one of several workers (PROXY_WORKERS), each reading the settings the command checked."""
+    return create_app(Settings())
+
+
 def create_app(settings: Settings, clients: list[Client] | None = None) -> Litestar:
     """One Letta client and one session store for the app's life, closed on shutdown; keys loaded up front
     (or given, by the command that has loaded them already to check them before anything else)."""
     letta = Letta(settings)
-    store = open_store(
-        settings.proxy_redis_url, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds
-    )
+    store, turns, outcomes, on_startup, on_shutdown = _shared_state(settings)
+    clients = load_clients(settings) if clients is None else clients
     routing = Routing(
         letta,
         store,
@@ -55,7 +90,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         openwebui_chats=settings.proxy_openwebui_chat_id,
         user_agents=UserAgents(letta, settings),
     )
-    chat = Chat(letta, routing, TurnQueue(settings.proxy_queue_timeout), settings)
+    chat = Chat(letta, routing, turns, settings)
     app = Litestar(
         route_handlers=[v1, metrics, *probes],
         dependencies={
@@ -66,9 +101,9 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,
-        on_startup=[letta.announce],
-        on_shutdown=[letta.aclose, store.aclose],
-        state=State({"clients": load_clients(settings) if clients is None else clients}),
+        on_startup=[letta.announce, *on_startup],
+        on_shutdown=[letta.aclose, *on_shutdown],
+        state=State({"clients": clients}),
         request_max_body_size=settings.proxy_max_body_bytes,
         cors_config=CORSConfig(allow_origins=settings.proxy_cors_origins)
         if settings.proxy_cors_origins
@@ -78,5 +113,13 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         request_class=ProxyRequest,
     )
     # Around Litestar's whole handler, not per route: requests that match no route are observed too.
-    app.asgi_handler = observe(body_deadline(app.asgi_handler, settings.proxy_body_timeout_seconds))
+    # Idempotency-Key inside the body deadline (it reads the body first) and outside every route.
+    kept = idempotent(
+        app.asgi_handler,
+        outcomes,
+        clients,
+        settings.proxy_max_body_bytes,
+        settings.proxy_lock_lease_seconds / 3,
+    )
+    app.asgi_handler = observe(body_deadline(kept, settings.proxy_body_timeout_seconds))
     return app

@@ -64,6 +64,21 @@ return 1
 )
 
 
+def connect(url: str) -> redis.asyncio.Redis:
+    """The one Redis client of a process, shared by the session store, the turn lock and idempotency."""
+    # A blocking pool: the plain one fails at once when a burst outnumbers its connections.
+    pool = redis.asyncio.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=REDIS_TIMEOUT,
+        decode_responses=True,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), REDIS_RETRIES),
+    )
+    return redis.asyncio.Redis.from_pool(pool)
+
+
 class RedisStore:
     """Values at `prefix + namespace + ":" + key` with a sliding `PX` expiry, one index per namespace.
 
@@ -74,7 +89,7 @@ class RedisStore:
 
     def __init__(
         self,
-        url: str,
+        url: str | redis.asyncio.Redis,
         idle_seconds: float = 86_400,
         max_entries_per_namespace: int = 10_000,
         prefix: str = "letta-openai-proxy:",
@@ -83,17 +98,7 @@ class RedisStore:
         self._idle_ms = max(1, round(idle_seconds * 1000))
         self._max = max_entries_per_namespace
         self._prefix = prefix
-        # A blocking pool: the plain one fails at once when a burst outnumbers its connections.
-        pool = redis.asyncio.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_CONNECTIONS,
-            timeout=REDIS_TIMEOUT,
-            decode_responses=True,
-            socket_connect_timeout=REDIS_TIMEOUT,
-            socket_timeout=REDIS_TIMEOUT,
-            retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), REDIS_RETRIES),
-        )
-        self._redis = redis.asyncio.Redis.from_pool(pool)
+        self._redis = connect(url) if isinstance(url, str) else url  # a URL, or the process's client
         self._get = self._redis.register_script(_GET)
         self._set = self._redis.register_script(_SET)
 

@@ -67,7 +67,28 @@ class Settings(BaseSettings):
     proxy_redis_url: str | None = Field(
         None,
         pattern=r"^rediss?://",
-        description="Redis for the model-scope state shared by replicas; unset: memory.",
+        description="Redis shared by workers and replicas: model-scope state, chat pins, each agent's turn "
+        "lock and Idempotency-Key outcomes; unset: all in this process's memory.",
+    )
+    proxy_workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server worker processes; raise it towards the cores when the proxy's CPU is the "
+        "bottleneck (with PROXY_REDIS_URL, or agents' turns are only queued per worker).",
+    )
+    proxy_lock_lease_seconds: float = Field(
+        10.0,
+        ge=1,
+        description="With Redis: a crashed process's hold on an agent lapses within this (live ones renew).",
+    )
+    proxy_idempotency_seconds: float = Field(
+        86_400,
+        gt=0,
+        description="How long a request's outcome is kept for repeats with the same Idempotency-Key.",
+    )
+    proxy_idempotency_max_entries: int = Field(
+        1000, gt=0, description="Most outcomes kept for Idempotency-Key in memory (without Redis)."
     )
     proxy_session_max_entries: int = Field(
         10_000, gt=0, description="Most remembered model choices, per key."

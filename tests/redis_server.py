@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -45,6 +46,21 @@ def _pings(port: int) -> bool:
 class RedisServer:
     url: str
     process: subprocess.Popen[bytes]
+    tmp: Path
+
+    def start_again(self) -> None:
+        """A restart on the same port, empty (no persistence), as a crashed and restarted Redis."""
+        self.stop()
+        port = str(urlsplit(self.url).port)
+        with (self.tmp / f"redis-{port}-again.log").open("wb") as out:
+            self.process = subprocess.Popen(
+                [redis_server_binary(), *_options(int(port), self.tmp)], stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not _pings(int(port)):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"redis-server did not start again on port {port}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         """SIGTERM, then a kill if it lingers; safe to call twice (tests stop it early to see failures)."""
@@ -71,7 +87,7 @@ def running_redis(tmp: Path) -> Iterator[RedisServer]:
         log_path = tmp / f"redis-{port}.log"
         with log_path.open("wb") as log:  # a file, not a pipe, which would block the server once full
             process = subprocess.Popen([binary, *_options(port, tmp)], stdout=log, stderr=subprocess.STDOUT)
-        server = RedisServer(f"redis://127.0.0.1:{port}/0", process)
+        server = RedisServer(f"redis://127.0.0.1:{port}/0", process, tmp)
         try:
             deadline = time.monotonic() + READY_TIMEOUT
             while process.poll() is None and time.monotonic() < deadline and not _pings(port):

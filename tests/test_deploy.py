@@ -114,7 +114,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def test_compose_runs_letta_its_postgres_and_the_proxy(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert set(services) == {"letta-db", "letta", "proxy"}
+    assert set(services) == {"letta-db", "letta", "proxy", "proxy-replicas", "redis"}
     assert services["letta"]["image"] == "letta/letta:${LETTA_VERSION:-0.16.8}"  # the version tested
     assert "pgvector" in services["letta-db"]["image"]
 
@@ -122,6 +122,7 @@ def test_compose_runs_letta_its_postgres_and_the_proxy(compose: dict[str, Any]) 
 def test_compose_variables_are_real_settings(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(environment(services["proxy"])) <= SETTINGS
+    assert set(environment(services["proxy-replicas"])) <= SETTINGS
     assert set(environment(services["letta"])) <= LETTA_VARIABLES
     assert set(environment(services["letta-db"])) <= POSTGRES_VARIABLES
     used = set(INTERPOLATION.findall((DEPLOY / "docker-compose.yml").read_text()))
@@ -211,6 +212,8 @@ def k8s() -> dict[str, dict[str, Any]]:
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     resources: dict[str, dict[str, Any]] = {}
     for name in kustomization["resources"]:
+        if (K8S / name).is_dir():  # the Redis the replicas share, read by its own tests
+            continue
         for doc in yaml.safe_load_all((K8S / name).read_text()):
             assert doc["kind"] not in resources, f"two {doc['kind']}s"
             resources[doc["kind"]] = doc
@@ -220,7 +223,7 @@ def k8s() -> dict[str, dict[str, Any]]:
 def test_kustomization_lists_every_manifest() -> None:
     listed = yaml.safe_load((K8S / "kustomization.yaml").read_text())["resources"]
     present = {p.name for p in K8S.glob("*.y*ml")} - {"kustomization.yaml"}
-    assert sorted(listed) == sorted(present)
+    assert sorted(listed) == sorted(present | {"redis"})
 
 
 def test_k8s_has_the_five_resources(k8s: dict[str, dict[str, Any]]) -> None:
@@ -270,7 +273,7 @@ def named_port(k8s: dict[str, dict[str, Any]], port: int | str) -> int:
 
 def test_k8s_deployment_env_ports_and_probes(k8s: dict[str, dict[str, Any]]) -> None:
     deployment, proxy = k8s["Deployment"], container(k8s)
-    assert deployment["spec"]["replicas"] == 2
+    assert "replicas" not in deployment["spec"]  # the HPA owns the count
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod(k8s)["metadata"]["labels"].items()
     sources = {next(iter(ref)): ref[next(iter(ref))]["name"] for ref in proxy["envFrom"]}
     assert sources == {
@@ -326,6 +329,25 @@ def test_k8s_service_and_autoscaler_point_at_the_deployment(k8s: dict[str, dict[
     )
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+
+
+def test_replicas_share_the_redis_that_k8s_and_compose_run(
+    k8s: dict[str, dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    """More than one replica (the HPA's minimum is 2) needs Redis for one turn at a time per agent: the
+    ConfigMap points at the Redis Service deploy/k8s/redis runs, and compose's scale profile at its own."""
+    assert k8s["HorizontalPodAutoscaler"]["spec"]["minReplicas"] > 1
+    url = urlsplit(k8s["ConfigMap"]["data"]["PROXY_REDIS_URL"])
+    (service,) = yaml.safe_load_all((K8S / "redis" / "service.yaml").read_text())
+    (deployment,) = yaml.safe_load_all((K8S / "redis" / "deployment.yaml").read_text())
+    assert (url.hostname, url.port) == (service["metadata"]["name"], service["spec"]["ports"][0]["port"])
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    listed = yaml.safe_load((K8S / "redis" / "kustomization.yaml").read_text())["resources"]
+    assert sorted(listed) == ["deployment.yaml", "service.yaml"]
+    replicas = compose["services"]["proxy-replicas"]
+    assert replicas["deploy"]["replicas"] == 2 and replicas["profiles"] == ["scale"]
+    assert urlsplit(environment(replicas)["PROXY_REDIS_URL"]).hostname == "redis"
+    assert compose["services"]["redis"]["profiles"] == ["scale"]
 
 
 def test_k8s_manifests_match_the_kubernetes_schemas(k8s: dict[str, dict[str, Any]]) -> None:

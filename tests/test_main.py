@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from proxy.__main__ import SPARE_FILES, raise_file_limit
@@ -77,3 +78,19 @@ def test_the_open_file_limit_is_lifted_for_the_connection_cap(
     raise_file_limit(4096)
     assert limits["soft"] == 5000
     assert "PROXY_MAX_CONNECTIONS=4096" in caplog.text
+
+
+def test_workers_share_the_port_and_stop_on_sigterm(tmp_path: Path) -> None:
+    """PROXY_WORKERS=2: two worker processes serve the one port (each its own app), start-up warns that
+    without Redis their turn queues are separate, and SIGTERM stops them all with exit code 0."""
+    letta = f"http://127.0.0.1:{free_port()}"
+    with running_proxy(tmp_path, KEY, PROXY_WORKERS="2", LETTA_BASE_URL=letta) as proxy:
+        for _ in range(4):
+            assert httpx.get(f"{proxy.url}/health", timeout=5).status_code == 200
+        pid = proxy.process.pid
+        workers = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()  # forked: one per worker
+        assert proxy.stop() == 0
+    log = proxy.output()
+    assert "Started worker-1" in log and "Started worker-2" in log
+    assert "PROXY_WORKERS=2 without PROXY_REDIS_URL" in log
+    assert len(workers) == 2

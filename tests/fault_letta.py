@@ -248,6 +248,9 @@ class FaultLetta:
             if scenario == "slow-stream":
                 await asyncio.sleep(SLOW_GAP)
             if index == 2 and scenario == "cut-stream":
+                # aiohttp drops what it has buffered but not yet handed over once the connection breaks:
+                # the pause lets the proxy take the tokens before the cut, which is what this tests.
+                await asyncio.sleep(0.2)
                 writer.write(b'40\r\ndata: {"message_type": "assistant_mes')
                 await writer.drain()
                 return False  # closed mid-chunk: the body never completes

@@ -41,7 +41,9 @@ def user_agents(letta: Letta, template: AgentState) -> Iterator[Callable[[], lis
     """What Letta holds as the template's users' agents; all of them deleted at the end."""
 
     def listed() -> list[AgentState]:
-        return list(letta.agents.list(tags=[f"{TEMPLATE_TAG}{template.id}"], include=["agent.tags"], limit=50))
+        return list(
+            letta.agents.list(tags=[f"{TEMPLATE_TAG}{template.id}"], include=["agent.tags"], limit=50)
+        )
 
     yield listed
     for agent in listed():
@@ -49,7 +51,9 @@ def user_agents(letta: Letta, template: AgentState) -> Iterator[Callable[[], lis
 
 
 @pytest.fixture(scope="module")
-def users_proxy(letta_url: str, template: AgentState, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def users_proxy(
+    letta_url: str, template: AgentState, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """The proxy as a real process, the template its one model, one agent per user of it."""
     try:
         with running_proxy(
@@ -130,4 +134,3 @@ def test_each_account_gets_its_own_agent(
     expected = {user_tag(SECRET.encode(), template.id, person): [text] for person, text in said.items()}
     assert histories == expected
     assert user_texts(letta, template.id) == []
-

@@ -124,6 +124,7 @@ def test_each_account_gets_its_own_agent(
         text = said[person["id"]]
         assert chat(webui, person["token"], template.name, text) == f"Echo: {text}"
 
+    assert user_texts(letta, template.id) == [], "the template itself was sent a turn"
     agents = user_agents()
     assert len(agents) == 2, f"expected one agent per Open WebUI user, Letta holds {[a.name for a in agents]}"
     histories = {}
@@ -133,4 +134,3 @@ def test_each_account_gets_its_own_agent(
     # each agent is found by the tag of its Open WebUI user's id, and holds that user's message only
     expected = {user_tag(SECRET.encode(), template.id, person): [text] for person, text in said.items()}
     assert histories == expected
-    assert user_texts(letta, template.id) == []

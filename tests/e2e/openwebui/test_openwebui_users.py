@@ -10,6 +10,7 @@ each account's token on /api/chat/completions. Then it reads what Letta holds.
 import secrets
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -89,7 +90,9 @@ def webui(users_proxy: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         pytest.fail(str(error), pytrace=False)
 
 
-def account(webui: httpx.Client, path: str, name: str, token: str | None = None, **extra: str) -> dict:
+def account(
+    webui: httpx.Client, path: str, name: str, token: str | None = None, **extra: str
+) -> dict[str, Any]:
     """An Open WebUI account made by `path` (sign-up, or an admin's add): its id and session token."""
     body = {"name": name, "email": f"{name.lower()}-{RUN}@example.com", "password": secrets.token_urlsafe(16)}
     headers = {"Authorization": f"Bearer {token}"} if token else {}

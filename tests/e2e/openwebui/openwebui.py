@@ -64,8 +64,9 @@ def install() -> None:
 
 
 @contextmanager
-def running_openwebui(data: Path, openai_url: str, api_key: str) -> Iterator[str]:
-    """Open WebUI on a free loopback port, with `openai_url` as its connection; its base URL."""
+def running_openwebui(data: Path, openai_url: str, api_key: str, **overrides: str) -> Iterator[str]:
+    """Open WebUI on a free loopback port, with `openai_url` as its connection (and `overrides` on top of
+    the suite's environment, e.g. a login); its base URL."""
     port = free_port()
     data.mkdir(parents=True, exist_ok=True)
     env = {
@@ -84,6 +85,7 @@ def running_openwebui(data: Path, openai_url: str, api_key: str) -> Iterator[str
         "ANONYMIZED_TELEMETRY": "false",
         "DO_NOT_TRACK": "true",
         "SCARF_NO_ANALYTICS": "true",
+        **overrides,
     }
     log_path = data.parent / f"openwebui-{port}.log"
     with log_path.open("wb") as log:

@@ -66,3 +66,8 @@ def unauthorized() -> ProxyError:
         type="authentication_error",  # what LiteLLM and others read to raise an authentication error
         code="invalid_api_key",
     )
+
+
+def unavailable(message: str, code: str) -> ProxyError:
+    """A shared service the turn needs is down, before anything was sent: safe to retry in a second."""
+    return ProxyError(503, message, type="server_error", code=code, headers={"Retry-After": "1"})

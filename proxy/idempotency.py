@@ -21,7 +21,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import Client, identify, presented_key
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, unavailable
 from proxy.protocol import ErrorBody
 from proxy.sessions import SessionStoreError
 
@@ -215,12 +215,9 @@ async def _read_body(receive: Receive, max_body: int) -> bytes:
 
 
 def _unavailable(exc: SessionStoreError) -> ProxyError:
-    return ProxyError(
-        503,
+    return unavailable(
         f"The Idempotency-Key store is unavailable ({exc}); the request was not sent.",
-        type="server_error",
-        code="idempotency_unavailable",
-        headers={"Retry-After": "1"},
+        "idempotency_unavailable",
     )
 
 

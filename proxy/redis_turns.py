@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import redis.asyncio
 from redis.exceptions import RedisError
 
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, unavailable
 from proxy.turns import TurnQueue
 
 log = logging.getLogger("proxy")
@@ -195,10 +195,7 @@ class RedisTurns(TurnQueue):
 
 
 def _unavailable(exc: RedisError) -> ProxyError:
-    return ProxyError(
-        503,
+    return unavailable(
         f"The turn lock (Redis) is unavailable ({exc.__class__.__name__}); the turn was not sent.",
-        type="server_error",
-        code="lock_unavailable",
-        headers={"Retry-After": "1"},
+        "lock_unavailable",
     )

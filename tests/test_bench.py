@@ -1,6 +1,7 @@
 """The benchmark harness still runs end to end (smoke counts, no LiteLLM). Its speed is not judged here."""
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -28,20 +29,33 @@ ROWS = [
 
 def test_smoke_run_prints_every_row() -> None:
     """`python -m bench --smoke` finishes, prints every scenario's rows, and leaves no process behind."""
-    marker = f"BENCH_SMOKE_RUN={uuid.uuid4().hex}"
-    env = {**os.environ, "BENCH_SMOKE_RUN": marker.partition("=")[2]}
-    run = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    out = _run_bench("bench", "--smoke")
     for row in ROWS:
-        assert row in run.stdout, run.stdout
-    assert _processes_with(marker.encode()) == []
+        assert row in out, out
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_workers_run_measures_every_setup() -> None:
+    """`python -m bench.workers` measures 1 and 2 workers, with and without Redis, each without an error."""
+    out = _run_bench("bench.workers", "--runs", "1", "--seconds", "1")
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if "|" in line}
+    for setup in ("1 worker, in-process queue", "2 workers, in-process queue", "1 worker, Redis lock"):
+        rps, _ratio, errors, *_ = (cell.strip() for cell in rows[setup])
+        assert float(rps) > 0 and errors == "0", out
+    assert rows["2 workers, Redis lock"][2].strip() == "0", out
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_trip_times_each_call() -> None:
+    """`python -m bench.redis_trip` times a socket PING, a redis-py PING and the lock's grant, warm, idle."""
+    out = _run_bench("bench.redis_trip", "--calls", "10")
+    rows = [line.split("|")[1:-1] for line in out.splitlines()[3:] if line.startswith("| ")]
+    assert [row[0].strip() for row in rows] == [
+        "PING, plain socket",
+        "PING, redis-py client",
+        "the turn lock granted (`RedisTurns.enter`)",
+    ], out
+    assert all(float(cell) > 0 for row in rows for cell in row[1:]), out
 
 
 def test_fake_letta_speaks_the_captured_wire_format(tmp_path: Path) -> None:
@@ -81,6 +95,22 @@ def test_prepared_answers_cover_every_agent() -> None:
     upstream = Upstream(profiles)
     assert set(upstream.turns) == {p.agent_id(n).encode() for p in profiles for n in range(p.agents)}
     assert upstream.completion("bench-2x100-a0002") is upstream.completion("bench-2x100") is not None
+
+
+def _run_bench(module: str, *args: str) -> str:
+    """Runs `python -m module args`, checks it succeeded and left no process behind; returns its stdout."""
+    marker = uuid.uuid4().hex
+    run = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        env={**os.environ, "BENCH_SMOKE_RUN": marker},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert _processes_with(f"BENCH_SMOKE_RUN={marker}".encode()) == []
+    return run.stdout
 
 
 def _processes_with(marker: bytes) -> list[int]:

@@ -137,9 +137,9 @@ def slow_relay(upstream: str) -> Iterator[str]:
     """A TCP relay to Letta that holds every turn (a POST to .../messages...) for HOLD seconds before
     passing it on, and drops it if its client dies meanwhile: a turn that is held, in flight."""
     target = urlsplit(upstream)
-    loop = asyncio.new_event_loop()
     ready = threading.Event()
     port: list[int] = []
+    stop: list[Callable[[], object]] = []
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hold: bool) -> None:
         with contextlib.suppress(OSError):
@@ -159,16 +159,21 @@ def slow_relay(upstream: str) -> Iterator[str]:
     async def main() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port.append(server.sockets[0].getsockname()[1])
+        serving, loop = asyncio.current_task(), asyncio.get_running_loop()
+        assert serving is not None
+        stop.append(lambda: loop.call_soon_threadsafe(serving.cancel))
         ready.set()
-        await server.serve_forever()
+        with contextlib.suppress(asyncio.CancelledError):
+            await server.serve_forever()
 
-    thread = threading.Thread(target=lambda: loop.run_until_complete(main()), daemon=True)
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)  # which ends every relay
     thread.start()
     ready.wait(10)
     try:
         yield f"http://127.0.0.1:{port[0]}"
     finally:
-        loop.call_soon_threadsafe(loop.stop)
+        stop[0]()
+        thread.join(10)
 
 
 def test_a_holder_killed_mid_turn_frees_the_agent_within_the_lease(

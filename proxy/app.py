@@ -14,7 +14,7 @@ from proxy.edge import ProxyRequest, body_deadline
 from proxy.error_responses import exception_handlers, json_not_found
 from proxy.idempotency import Outcomes, idempotent
 from proxy.letta import Letta
-from proxy.observe import observe
+from proxy.observe import observe, watch_turns
 from proxy.outcomes import MemoryOutcomes
 from proxy.responses.serving import Responses
 from proxy.routes import metrics, probes, v1
@@ -91,6 +91,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         user_agents=UserAgents(letta, settings),
     )
     chat = Chat(letta, routing, turns, settings)
+    watch_turns(turns)
     app = Litestar(
         route_handlers=[v1, metrics, *probes],
         dependencies={

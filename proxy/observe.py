@@ -15,6 +15,8 @@ from typing import Any
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
 
+from proxy.turns import TurnQueue
+
 access = logging.getLogger("proxy.access")
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -32,6 +34,13 @@ OPEN_STREAMS = Gauge("proxy_open_streams", "Streams being sent now")
 UPSTREAM_FAILURES = Counter(
     "proxy_upstream_errors", "Failures of Letta or of the turn in it, by kind", ["kind"]
 )
+TURNS = Gauge("proxy_turns", "Turns of this process holding their agent, or waiting for it", ["state"])
+
+
+def watch_turns(turns: TurnQueue) -> None:
+    """The gauge reads the app's turn queue at each scrape (the last app made, in a test run)."""
+    TURNS.labels("holding").set_function(lambda: turns.holding)
+    TURNS.labels("waiting").set_function(lambda: turns.waiting)
 
 
 def printable(text: str) -> str:

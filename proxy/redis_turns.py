@@ -110,11 +110,7 @@ class RedisTurns(TurnQueue):
         except RedisError as exc:
             log.warning("Redis (PROXY_REDIS_URL) did not answer at start-up: %s", exc.__class__.__name__)
 
-    def busy(self, key: str) -> int:
-        local = self._local.get(key)
-        return local.users if local else 0
-
-    async def enter(self, key: str) -> Callable[[], None]:
+    async def _acquire(self, key: str) -> Callable[[], None]:
         token = uuid.uuid4().hex
         local = self._local.setdefault(key, _Local())
         local.users += 1
@@ -129,14 +125,10 @@ class RedisTurns(TurnQueue):
                 raise _unavailable(exc) from None
             raise
         renewal = asyncio.create_task(self._renew(key, token))
-        released = False
 
         def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                renewal.cancel()
-                self._end(key, token, local)
+            renewal.cancel()
+            self._end(key, token, local)
 
         return release
 

@@ -1,7 +1,8 @@
 """One turn at a time per agent: Letta agents process turns one by one, so the proxy queues the rest.
 
 Waiters are served in arrival order (asyncio.Lock is fair) and wait a bounded time; a queue entry lives
-only while someone holds or waits for it, so idle agents cost nothing.
+only while someone holds or waits for it, so idle agents cost nothing. The counts of turns holding and
+waiting are the process's `proxy_turns` gauge: turns piling up behind busy agents show there.
 """
 
 import asyncio
@@ -22,14 +23,30 @@ class TurnQueue:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._lines: dict[str, _Line] = {}
-
-    def busy(self, key: str) -> int:
-        """How many turns hold or wait for `key`: zero means nothing is kept for the agent."""
-        line = self._lines.get(key)
-        return line.users if line else 0
+        self.holding = 0  # turns of this process holding their key now
+        self.waiting = 0  # and waiting for it
 
     async def enter(self, key: str) -> Callable[[], None]:
         """Waits for `key`'s turn; the returned function ends it (calling it twice is harmless)."""
+        self.waiting += 1
+        try:
+            release = await self._acquire(key)
+        finally:
+            self.waiting -= 1
+        self.holding += 1
+        ended = False
+
+        def end() -> None:
+            nonlocal ended
+            if not ended:
+                ended = True
+                self.holding -= 1
+                release()
+
+        return end
+
+    async def _acquire(self, key: str) -> Callable[[], None]:
+        """Waits for `key`; returns what frees it, to be called once."""
         line = self._lines.setdefault(key, _Line(asyncio.Lock()))
         line.users += 1
         try:
@@ -40,14 +57,10 @@ class TurnQueue:
             if isinstance(exc, TimeoutError):
                 raise self._busy() from None
             raise
-        released = False
 
         def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                line.lock.release()
-                self._leave(key, line)
+            line.lock.release()
+            self._leave(key, line)
 
         return release
 

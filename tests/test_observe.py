@@ -11,8 +11,9 @@ from litestar.testing import TestClient
 from prometheus_client import REGISTRY
 
 from proxy.observe import JsonFormatter
-from tests.conftest import AGENT, KEY, sse
+from tests.conftest import AGENT, KEY, raw, sse
 
+JSON = {"content-type": "application/json"}
 HELLO = {"model": AGENT["name"], "messages": [{"role": "user", "content": "a private sentence"}]}
 
 
@@ -91,6 +92,20 @@ def test_streams_record_time_to_first_chunk_and_close_their_gauge(
     assert client.post("/v1/chat/completions", json={**HELLO, "stream": True}).status_code == 200
     assert sample("proxy_first_chunk_seconds_count", model=AGENT["name"]) == before + 1
     assert sample("proxy_open_streams") == 0
+
+
+def test_turns_holding_their_agent_are_a_gauge(client: TestClient, letta: respx.MockRouter) -> None:
+    """While Letta works on a turn, /metrics counts it as holding its agent; once answered, as nothing."""
+    seen: list[tuple[float, float]] = []
+
+    def answer(_: httpx.Request) -> httpx.Response:
+        seen.append((sample("proxy_turns", state="holding"), sample("proxy_turns", state="waiting")))
+        return httpx.Response(200, content=raw("send_message.json"), headers=JSON)
+
+    letta["send"].mock(side_effect=answer)
+    assert client.post("/v1/chat/completions", json=HELLO).status_code == 200
+    assert seen == [(1, 0)]
+    assert (sample("proxy_turns", state="holding"), sample("proxy_turns", state="waiting")) == (0, 0)
 
 
 def test_upstream_errors_are_counted_by_kind(client: TestClient, letta: respx.MockRouter) -> None:

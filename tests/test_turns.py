@@ -51,7 +51,8 @@ def test_turns_for_one_agent_run_one_at_a_time_in_arrival_order() -> None:
 
     queue = asyncio.run(main())
     assert order == list(range(10))
-    assert queue.busy("agent-1") == 0  # nothing is kept for an idle agent
+    assert (queue.holding, queue.waiting) == (0, 0)
+    assert not queue._lines  # nothing is kept for an idle agent
 
 
 def test_different_agents_run_in_parallel() -> None:
@@ -71,37 +72,40 @@ def test_different_agents_run_in_parallel() -> None:
 def test_a_turn_waiting_too_long_is_a_429_with_retry_after() -> None:
     """Past PROXY_QUEUE_TIMEOUT the client is told to come back, and leaves the queue."""
 
-    async def main() -> tuple[ProxyError, int]:
+    async def main() -> tuple[ProxyError, tuple[int, int]]:
         queue = TurnQueue(timeout=0.05)
         release = await queue.enter("agent-1")
         with pytest.raises(ProxyError) as caught:
             await queue.enter("agent-1")
-        busy = queue.busy("agent-1")
+        counts = (queue.holding, queue.waiting)
         release()
-        return caught.value, busy
+        return caught.value, counts
 
-    error, busy = asyncio.run(main())
+    error, counts = asyncio.run(main())
     assert (error.status, error.code, error.headers) == (429, "agent_busy", {"Retry-After": "1"})
-    assert busy == 1
+    assert counts == (1, 0)  # the turn that timed out waits no more
 
 
 def test_a_cancelled_wait_leaves_the_queue_and_release_is_idempotent() -> None:
     """A client gone while queued frees its place; ending a turn twice changes nothing."""
 
-    async def main() -> int:
+    async def main() -> list[tuple[int, int]]:
         queue = TurnQueue(timeout=5)
         release = await queue.enter("agent-1")
         waiter = asyncio.create_task(queue.enter("agent-1"))
         await asyncio.sleep(0.01)
+        counts = [(queue.holding, queue.waiting)]
         waiter.cancel()
         await asyncio.gather(waiter, return_exceptions=True)
         release()
         release()
         again = await asyncio.wait_for(queue.enter("agent-1"), 1)
+        counts.append((queue.holding, queue.waiting))
         again()
-        return queue.busy("agent-1")
+        again()
+        return [*counts, (queue.holding, queue.waiting, len(queue._lines))]
 
-    assert asyncio.run(main()) == 0
+    assert asyncio.run(main()) == [(1, 1), (1, 0), (0, 0, 0)]
 
 
 # --- clients that leave (serving.py with a mocked Letta) -----------------------------------------
@@ -147,7 +151,7 @@ def test_a_turn_whose_client_leaves_while_queued_never_reaches_letta(
     async def scenario(chat: Chat, turns: TurnQueue) -> None:
         release = await turns.enter(AGENT["id"])
         await leave_during(chat, 0.05)
-        assert turns.busy(AGENT["id"]) == 1  # only the turn that holds the agent
+        assert (turns.holding, turns.waiting) == (1, 0)  # only the turn that holds the agent
         release()
 
     serve_leaving(tmp_path, scenario)
@@ -166,7 +170,7 @@ def test_a_turn_whose_client_leaves_while_letta_works_is_cancelled_before_the_ag
         return httpx.Response(500)
 
     def cancel(_: httpx.Request) -> httpx.Response:
-        held_at_cancel.append(turns_seen[0].busy(AGENT["id"]))
+        held_at_cancel.append(turns_seen[0].holding)
         return httpx.Response(200, json={})
 
     turns_seen: list[TurnQueue] = []
@@ -178,7 +182,7 @@ def test_a_turn_whose_client_leaves_while_letta_works_is_cancelled_before_the_ag
     async def scenario(chat: Chat, turns: TurnQueue) -> None:
         turns_seen.append(turns)
         await leave_during(chat, 0.1, stream)
-        assert turns.busy(AGENT["id"]) == 0
+        assert (turns.holding, turns.waiting) == (0, 0)
 
     serve_leaving(tmp_path, scenario)
     assert held_at_cancel == [1]

@@ -88,7 +88,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         settings.proxy_model_scope,
         settings.proxy_default_agent,
         openwebui_chats=settings.proxy_openwebui_chat_id,
-        user_agents=UserAgents(letta, settings),
+        user_agents=UserAgents(letta, settings, turns),
     )
     chat = Chat(letta, routing, turns, settings)
     watch_turns(turns)

@@ -21,12 +21,13 @@ clear and every replica with the same settings finds the same agent. A second ta
 `lop-template:<template id>`, lists a template's users' agents. Later changes to the template are not
 propagated: a user whose agent should start again from the template has their agent deleted.
 
-Exactly one agent per (template, user): within a process, one lock per tag around the find-or-create;
-across replicas, the creator lists the tag again after creating and keeps the oldest agent (by creation
-time, then id), deleting the others. Any replica that sees several does the same, so all converge on
-one. The window left: a replica whose listing missed an older agent still being committed elsewhere
-(Letta dates an agent at the start of its create's transaction) may use its own agent until the other
-replica deletes it.
+Exactly one agent per (template, user): the find-or-create holds a lock per tag, taken from the app's
+turn queue, so it is one at a time across workers and replicas when they share PROXY_REDIS_URL, and
+within the process otherwise. Replicas without Redis may still race: the creator lists the tag again
+after creating and keeps the oldest agent (by creation time, then id), deleting the others. Any replica
+that sees several does the same, so all converge on one. The window left there: a replica whose listing
+missed an older agent still being committed elsewhere (Letta dates an agent at the start of its
+create's transaction) may use its own agent until the other replica deletes it.
 """
 
 import hashlib
@@ -125,14 +126,14 @@ def _age(agent: AgentRecord) -> tuple[float, str]:
 class UserAgents:
     """Finds or makes the end user's own agent of a template, remembering it for the agent cache period."""
 
-    def __init__(self, letta: Letta, settings: Settings) -> None:
+    def __init__(self, letta: Letta, settings: Settings, locks: TurnQueue) -> None:
         self._letta = letta
         self._templates = frozenset(settings.proxy_user_agent_templates)
         secret = settings.proxy_user_agent_secret
         self._secret = secret.get_secret_value().encode() if secret else b""
         self._seconds = settings.proxy_agent_cache_seconds
         self._known: dict[str, tuple[AgentRecord, float]] = {}
-        self._making = TurnQueue(settings.proxy_queue_timeout)  # one find-or-create per tag at a time
+        self._locks = locks  # one find-or-create per tag at a time
 
     def is_template(self, agent: Agent) -> bool:
         return agent.id in self._templates or agent.name in self._templates
@@ -143,7 +144,7 @@ class UserAgents:
         tag = user_tag(self._secret, template.id, user)
         own = self._recall(tag)
         if own is None:
-            release = await self._making.enter(tag)
+            release = await self._locks.enter(f"new-user:{tag}")
             try:
                 own = self._recall(tag) or await self._find_or_make(template, tag)
                 self._remember(tag, own)

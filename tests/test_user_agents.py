@@ -22,9 +22,13 @@ from proxy.app import create_app
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
 from proxy.letta_wire import AgentRecord
+from proxy.redis_store import connect
+from proxy.redis_turns import RedisTurns
+from proxy.turns import TurnQueue
 from proxy.user_agents import UserAgents, agent_name, copy_body, end_user, user_tag
 from tests.conftest import AGENT, make_settings, mocked_letta
 from tests.letta_captures import raw, wire
+from tests.redis_server import running_redis
 
 TEMPLATE_STATE = wire("get_template_agent.json")
 TEMPLATE = {**AGENT, "id": TEMPLATE_STATE["id"], "name": "assistant"}
@@ -388,9 +392,10 @@ class Shared:
         self.agents = [a for a in self.agents if a.id != agent_id]
 
 
-def replica(letta: Shared, tmp_path: Path) -> UserAgents:
+def replica(letta: Shared, tmp_path: Path, locks: TurnQueue | None = None) -> UserAgents:
+    """A replica's `UserAgents`: on a lock of its own (replicas without Redis), or on the given one."""
     settings = make_settings(tmp_path, proxy_user_agent_templates="assistant", proxy_agent_cache_seconds=5)
-    return UserAgents(cast(Letta, letta), settings)
+    return UserAgents(cast(Letta, letta), settings, locks or TurnQueue(settings.proxy_queue_timeout))
 
 
 TEMPLATE_AGENT = Agent(TEMPLATE["id"], "assistant", 0, "letta_v1_agent")
@@ -423,8 +428,8 @@ def test_different_users_are_not_serialised_behind_each_other(tmp_path: Path) ->
 
 
 def test_replicas_racing_on_a_new_user_converge_on_one_agent(tmp_path: Path) -> None:
-    """Three replicas (no shared lock) all create for one user: each lists the tag again, keeps the
-    oldest, deletes the rest; every replica ends on the same agent and only it remains."""
+    """Three replicas without Redis (no shared lock) all create for one user: each lists the tag again,
+    keeps the oldest, deletes the rest; every replica ends on the same agent and only it remains."""
     letta = Shared()
     replicas = [replica(letta, tmp_path) for _ in range(3)]
 
@@ -434,6 +439,30 @@ def test_replicas_racing_on_a_new_user_converge_on_one_agent(tmp_path: Path) -> 
     found = asyncio.run(main())
     assert letta.creates == 3
     assert {a.id for a in found} == {"agent-1"} and [a.id for a in letta.agents] == ["agent-1"]
+
+
+@pytest.mark.slow
+def test_replicas_sharing_redis_make_a_new_user_s_agent_once(tmp_path: Path) -> None:
+    """With PROXY_REDIS_URL, the find-or-create lock is the shared turn lock: three replicas racing on a
+    new user create one agent, not three to be deleted down to one."""
+    letta = Shared()
+
+    async def main(url: str) -> list[Agent]:
+        clients = [connect(url) for _ in range(3)]
+        locks = [RedisTurns(client, timeout=10, lease_seconds=5) for client in clients]
+        await locks[0].start()
+        try:
+            replicas = [replica(letta, tmp_path, lock) for lock in locks]
+            return await asyncio.gather(*(r.agent_for(TEMPLATE_AGENT, "grace") for r in replicas))
+        finally:
+            for lock, client in zip(locks, clients, strict=True):
+                await lock.aclose()
+                await client.aclose()
+
+    with running_redis(tmp_path) as server:
+        found = asyncio.run(main(server.url))
+    assert letta.creates == 1 and letta.deletes == []
+    assert {a.id for a in found} == {"agent-1"}
 
 
 def test_a_found_agent_is_remembered_for_the_cache_period(tmp_path: Path) -> None:
@@ -463,7 +492,7 @@ def test_a_user_whose_agent_was_deleted_gets_a_new_one_once_the_cache_period_is_
     fresh copy of the template."""
     letta = Shared()
     settings = make_settings(tmp_path, proxy_user_agent_templates="assistant", proxy_agent_cache_seconds=0)
-    users = UserAgents(cast(Letta, letta), settings)
+    users = UserAgents(cast(Letta, letta), settings, TurnQueue(5))
 
     async def main() -> tuple[Agent, Agent]:
         first = await users.agent_for(TEMPLATE_AGENT, "hal")

@@ -17,7 +17,7 @@ from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.settings import ApprovalMode
 from proxy.tools import MOVED_ON, NO_APPROVER, PendingCall, ToolResult, answer, deny, pending_calls
 

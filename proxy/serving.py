@@ -20,7 +20,7 @@ from proxy.auth import Client
 from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.routing import Routing, with_speaker
 from proxy.settings import Settings, ToolCallMode
 from proxy.stream import ChunkHeader, local_frames, sse_frames

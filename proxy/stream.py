@@ -6,7 +6,7 @@ proxy or load balancer on the way closes the connection as idle.
 
 What one stream whose client stops reading may hold, layer by layer (about 0.35 MiB in all, measured
 with 200 such streams; 1.1 MiB before these bounds):
-- Letta's connection: aiohttp's read buffer (`proxy.letta.READ_BUFSIZE`); past a few of them aiohttp
+- Letta's connection: aiohttp's read buffer (`proxy.letta.client.READ_BUFSIZE`); past a few of them aiohttp
   stops reading from Letta, whose own socket buffers then fill, and Letta waits;
 - here: READ_AHEAD decoded events, plus one write of at most WRITE_BYTES and one frame;
 - Granian: a channel of 4 writes, then hyper's write buffer of up to 16 writes (within Granian's
@@ -27,7 +27,7 @@ import msgspec
 
 from proxy import protocol
 from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.observe import upstream_error
 from proxy.translate import TurnTranslator, upstream_failure
 

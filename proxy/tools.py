@@ -13,7 +13,7 @@ from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy import protocol
 from proxy.errors import bad_request
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.settings import ApprovalMode
 
 TOOL_CHOICES = ("none", "auto", "required")

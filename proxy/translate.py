@@ -16,7 +16,7 @@ from letta_client.types import MessageCreateParam
 
 from proxy import protocol
 from proxy.errors import bad_request, upstream_failure
-from proxy.letta_wire import LettaMessage, ToolCall
+from proxy.letta.wire import LettaMessage, ToolCall
 from proxy.settings import ApprovalMode, SystemMessages, ToolCallMode
 
 FINISH_REASONS = {

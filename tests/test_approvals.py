@@ -14,7 +14,7 @@ import pytest
 from proxy.approvals import MAX_ROUNDS, Approvals, TurnInput
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
+from proxy.letta.wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
 from proxy.tools import MOVED_ON, NO_APPROVER, ToolResult
 from tests.letta_captures import raw, turn
 

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter
 
 from proxy import protocol
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.responses.stream import ResponseFramer
 from proxy.stream import turn_frames

@@ -11,7 +11,7 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.app import create_app
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
 from proxy.responses.serving import is_latest
 from tests.conftest import AGENT, KEY, make_settings, sse

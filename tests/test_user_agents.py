@@ -21,7 +21,7 @@ from litestar.testing import TestClient
 from proxy.app import create_app
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import AgentRecord
+from proxy.letta.wire import AgentRecord
 from proxy.user_agents import UserAgents, agent_name, copy_body, end_user, user_tag
 from tests.conftest import AGENT, make_settings, mocked_letta
 from tests.letta_captures import raw, wire

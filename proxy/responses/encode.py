@@ -15,7 +15,7 @@ from typing import Any
 
 from proxy import protocol
 from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.ids import item_id
 from proxy.translate import MESSAGE_SEPARATOR, TurnTranslator

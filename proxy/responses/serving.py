@@ -19,7 +19,7 @@ from proxy.auth import Client
 from proxy.disconnect import ClientWatch
 from proxy.errors import ProxyError, bad_request, upstream_failure
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.responses.ids import ResponseRef, make_response_id, not_found, read_response_id

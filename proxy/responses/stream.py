@@ -11,7 +11,7 @@ import msgspec
 
 from proxy import protocol
 from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.translate import TurnTranslator

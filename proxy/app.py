@@ -2,24 +2,26 @@
 
 from collections.abc import Awaitable, Callable
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from proxy.agent_choice import Routing
 from proxy.auth import Client, load_clients
+from proxy.chat import routes as chat_routes
+from proxy.chat.serving import Chat
 from proxy.edge import ProxyRequest, body_deadline
 from proxy.error_responses import exception_handlers, json_not_found
 from proxy.idempotency import Outcomes, idempotent
 from proxy.letta import Letta
 from proxy.observe import observe
 from proxy.outcomes import MemoryOutcomes
+from proxy.responses import routes as responses_routes
 from proxy.responses.serving import Responses
-from proxy.routes import metrics, probes, v1
-from proxy.routing import Routing
-from proxy.serving import Chat
+from proxy.routes import metrics, probes, require_key
 from proxy.sessions import SessionStore, open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
@@ -71,6 +73,13 @@ def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes
     return shared, turns, outcomes, [turns.start], [turns.aclose, shared.aclose]
 
 
+V1 = Router(
+    "/v1",
+    route_handlers=[*chat_routes.route_handlers, *responses_routes.route_handlers],
+    guards=[require_key],
+)
+
+
 def from_environment() -> Litestar:
     """The app of one of several workers (PROXY_WORKERS), each reading the settings the command checked."""
     return create_app(Settings())
@@ -92,7 +101,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     )
     chat = Chat(letta, routing, turns, settings)
     app = Litestar(
-        route_handlers=[v1, metrics, *probes],
+        route_handlers=[V1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),

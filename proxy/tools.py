@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from letta_client.types.agents.message_create_params import ClientTool, Message
 
-from proxy import protocol
+from proxy.chat import protocol
 from proxy.errors import bad_request
 from proxy.letta.wire import LettaMessage
 from proxy.settings import ApprovalMode

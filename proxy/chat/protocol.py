@@ -144,20 +144,3 @@ class Model(msgspec.Struct):
 class ModelList(msgspec.Struct):
     data: list[Model]
     object: Literal["list"] = "list"
-
-
-class ErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(msgspec.Struct):
-    error: ErrorDetail
-
-
-class Health(msgspec.Struct):
-    """The proxy's own probes (`/health`, `/ready`), not an OpenAI object."""
-
-    status: Literal["ok", "unavailable"]

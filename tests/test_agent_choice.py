@@ -1,4 +1,4 @@
-"""routing.py through the app: per-key agent scopes, model scopes, and who is speaking."""
+"""agent_choice.py through the app: per-key agent scopes, model scopes, and who is speaking."""
 
 import json
 from collections.abc import Iterator

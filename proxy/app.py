@@ -52,7 +52,7 @@ Hook = Callable[[], Awaitable[None]]
 def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes, list[Hook], list[Hook]]:
     """What replicas must agree on: in Redis, over one client, when PROXY_REDIS_URL is set; else in memory.
 
-    Redis's client is imported only then: it adds about 18 MiB to the process.
+    Redis's client is imported only then: its memory is paid only where it is used (bench/README.md).
     """
     if not settings.proxy_redis_url:
         store = open_store(None, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds)

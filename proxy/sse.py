@@ -5,8 +5,8 @@ An error once the 200 has gone out can only be told inside the stream, as the fr
 so every client stops cleanly. A quiet upstream gets SSE comments, so that no proxy or load balancer on
 the way closes the connection as idle.
 
-What one stream whose client stops reading may hold, layer by layer (about 0.35 MiB in all, measured
-with 200 such streams; 1.1 MiB before these bounds):
+What one stream whose client stops reading may hold, layer by layer (bench/README.md measures it with
+200 such streams):
 - Letta's connection: aiohttp's read buffer (`proxy.letta.client.READ_BUFSIZE`); past a few of them aiohttp
   stops reading from Letta, whose own socket buffers then fill, and Letta waits;
 - here: READ_AHEAD decoded events, plus one write of at most WRITE_BYTES and one frame;

@@ -24,7 +24,7 @@ WEATHER = [{"name": "get_weather"}]
 
 
 def refusal() -> ProxyError:
-    """Letta's 409 PENDING_APPROVAL, as letta.py reports it."""
+    """Letta's 409 PENDING_APPROVAL, as proxy/letta/ reports it."""
     return ProxyError(409, "The agent is waiting for the approval of a tool call.", code="pending_approval")
 
 

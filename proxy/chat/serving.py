@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
-from letta_client.types.agents.message_create_params import ClientTool, Message
 
 from proxy.agent_choice import Routing, with_speaker
 from proxy.approvals import Approvals, TurnInput
@@ -24,7 +23,7 @@ from proxy.chat.translate import Limits, letta_messages
 from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
-from proxy.letta.wire import LettaMessage
+from proxy.letta.wire import ClientTool, LettaMessage, Message
 from proxy.settings import Settings, ToolCallMode
 from proxy.tasks import detect_task, local_answer
 from proxy.tools import CLIENT_TOOL_AGENT_TYPES, ToolResult, chat_functions, chat_tool_results, client_tools

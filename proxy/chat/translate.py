@@ -8,10 +8,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from letta_client.types import MessageCreateParam
-
 from proxy.chat import protocol
 from proxy.errors import bad_request
+from proxy.letta.wire import MessageCreateParam
 from proxy.settings import SystemMessages
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

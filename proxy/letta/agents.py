@@ -109,8 +109,8 @@ class AgentDirectory:
         return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
 
     async def _pages(self) -> list[Agent]:
-        """Every page, each decoded by msgspec into the three fields used (pydantic took 1.4 s per 1,000
-        agents). A cursor seen before, or more pages than any real Letta holds, is a 502."""
+        """Every page, each decoded by msgspec into the few fields used, not into the SDK's pydantic models
+        (bench/README.md). A cursor seen before, or more pages than any real Letta holds, is a 502."""
         listed: list[Agent] = []
         params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
         cursors: set[str] = set()

@@ -342,3 +342,22 @@ def test_no_active_run_means_no_cancel_and_a_failing_letta_raises_nothing(
     run(tmp_path, lambda client: client.cancel_active(BOT, None))
     run(tmp_path, lambda client: client.cancel_active(BOT, None))
     assert not cancel.called
+
+
+def test_a_turn_to_a_deleted_agent_is_a_404_and_the_next_request_lists_again(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """Letta's 404 on a turn means the agent is gone: the cached list, which still has it, is dropped."""
+    letta["send"].mock(return_value=httpx.Response(404, json={"detail": "Agent not found"}))
+
+    async def scenario(client: Letta) -> tuple[ProxyError, int, int]:
+        await client.agents()
+        listed = letta["agents"].call_count
+        with pytest.raises(ProxyError) as refused:
+            await client.send(BOT, TURN)
+        await client.agents()
+        return refused.value, listed, letta["agents"].call_count
+
+    error, before, after = run(tmp_path, scenario, proxy_agent_cache_seconds=600)
+    assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
+    assert after > before

@@ -1,11 +1,11 @@
 """`python -m proxy` and the `letta-openai-proxy` command: check the settings, then serve with Granian.
 
-Granian rather than uvicorn because it measured faster on this app (wrk, 32 connections, cached
-`/v1/models`, one worker, 2 cores: about 2,700 against 2,200 requests/s). One worker: its embedded
-server, in this process, rather than its usual one, which adds a leader process (about 60 MiB) that only
-supervises. More workers (PROXY_WORKERS): that usual server, whose leader is then worth its memory: it
-shares one listening socket among the workers, restarts a crashed one, and on SIGTERM stops them all
-with the same grace. Each worker builds its app from the environment (`proxy.app:from_environment`).
+Granian rather than uvicorn because it served this app faster (wrk, 32 connections, cached `/v1/models`,
+one worker). One worker: its embedded server, in this process, rather than its usual one, which adds a
+leader process that only supervises (its memory: bench/README.md). More workers (PROXY_WORKERS): that
+usual server, whose leader is then worth its memory: it shares one listening socket among the workers,
+restarts a crashed one, and on SIGTERM stops them all with the same grace. Each worker builds its app
+from the environment (`proxy.app:from_environment`).
 """
 
 import argparse

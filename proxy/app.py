@@ -2,24 +2,26 @@
 
 from collections.abc import Awaitable, Callable
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
+from proxy.agent_choice import Routing
 from proxy.auth import Client, load_clients
+from proxy.chat import routes as chat_routes
+from proxy.chat.serving import Chat
 from proxy.edge import ProxyRequest, body_deadline
 from proxy.error_responses import exception_handlers, json_not_found
 from proxy.idempotency import Outcomes, idempotent
 from proxy.letta import Letta
 from proxy.observe import observe, watch_turns
 from proxy.outcomes import MemoryOutcomes
+from proxy.responses import routes as responses_routes
 from proxy.responses.serving import Responses
-from proxy.routes import metrics, probes, v1
-from proxy.routing import Routing
-from proxy.serving import Chat
+from proxy.routes import metrics, probes, require_key
 from proxy.sessions import SessionStore, open_store
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
@@ -50,7 +52,7 @@ Hook = Callable[[], Awaitable[None]]
 def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes, list[Hook], list[Hook]]:
     """What replicas must agree on: in Redis, over one client, when PROXY_REDIS_URL is set; else in memory.
 
-    Redis's client is imported only then: it adds about 18 MiB to the process.
+    Redis's client is imported only then: its memory is paid only where it is used (bench/README.md).
     """
     if not settings.proxy_redis_url:
         store = open_store(None, settings.proxy_session_max_entries, settings.proxy_session_idle_seconds)
@@ -69,6 +71,13 @@ def _shared_state(settings: Settings) -> tuple[SessionStore, TurnQueue, Outcomes
     turns = RedisTurns(client, settings.proxy_queue_timeout, settings.proxy_lock_lease_seconds)
     outcomes = RedisOutcomes(client, settings.proxy_idempotency_seconds, settings.proxy_lock_lease_seconds)
     return shared, turns, outcomes, [turns.start], [turns.aclose, shared.aclose]
+
+
+V1 = Router(
+    "/v1",
+    route_handlers=[*chat_routes.route_handlers, *responses_routes.route_handlers],
+    guards=[require_key],
+)
 
 
 def from_environment() -> Litestar:
@@ -93,7 +102,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     chat = Chat(letta, routing, turns, settings)
     watch_turns(turns)
     app = Litestar(
-        route_handlers=[v1, metrics, *probes],
+        route_handlers=[V1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
             "routing": _singleton(routing),

@@ -13,15 +13,13 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import cast
 
-from letta_client.types.agents.message_create_params import ClientTool, Message
-
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import ClientTool, LettaMessage, Message
 from proxy.settings import ApprovalMode
 from proxy.tools import MOVED_ON, NO_APPROVER, PendingCall, ToolResult, answer, deny, pending_calls
 
-PENDING = "pending_approval"  # the code of Letta's 409 PENDING_APPROVAL, as letta.py reports it
+PENDING = "pending_approval"  # the code of Letta's 409 PENDING_APPROVAL, as proxy/letta/ reports it
 MAX_ROUNDS = 4  # Letta requests per answer: a model that keeps calling a denied tool stops here
 QUIET = frozenset({"ping", "stop_reason"})  # what a refused stream carries before its error
 

@@ -9,9 +9,8 @@ from litestar.exceptions import HTTPException, NotFoundException, ValidationExce
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from litestar.types import ExceptionHandlersMap
 
-from proxy.errors import ProxyError, bad_request, unknown_url
+from proxy.errors import ErrorBody, ProxyError, bad_request, unknown_url
 from proxy.observe import upstream_error
-from proxy.protocol import ErrorBody
 
 log = logging.getLogger("proxy")
 

@@ -2,7 +2,20 @@
 answers they become are proxy/error_responses.py's, so translation code raising them imports no web
 framework."""
 
-from proxy.protocol import ErrorDetail
+import msgspec
+
+
+class ErrorDetail(msgspec.Struct):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(msgspec.Struct):
+    """OpenAI's error body, the same for every API and status."""
+
+    error: ErrorDetail
 
 
 class ProxyError(Exception):

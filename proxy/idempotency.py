@@ -21,8 +21,7 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from proxy.auth import Client, identify, presented_key
-from proxy.errors import ProxyError, unavailable
-from proxy.protocol import ErrorBody
+from proxy.errors import ErrorBody, ProxyError, unavailable
 from proxy.sessions import SessionStoreError
 
 log = logging.getLogger("proxy")

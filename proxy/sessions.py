@@ -90,7 +90,7 @@ class MemoryStore:
 def open_store(redis_url: str | None, max_entries: int, idle_seconds: float) -> SessionStore:
     """Redis when a URL is configured (the bound then applies per namespace), else in memory.
 
-    Redis's client is imported only then: it adds about 18 MiB to the process.
+    Redis's client is imported only then: its memory is paid only where it is used (bench/README.md).
     """
     if redis_url:
         from proxy.redis_store import RedisStore

@@ -232,6 +232,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "proxy_log_level",
+        "proxy_log_format",
         "proxy_tool_calls",
         "proxy_model_scope",
         "proxy_task_requests",

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from proxy import protocol
+from proxy.chat import protocol
 
 TaskKind = Literal[
     "title", "tags", "follow_ups", "queries", "autocomplete", "emoji", "image_prompt",

@@ -9,11 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from letta_client.types.agents.message_create_params import ClientTool, Message
-
-from proxy import protocol
+from proxy.chat import protocol
 from proxy.errors import bad_request
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import ClientTool, LettaMessage, Message
 from proxy.settings import ApprovalMode
 
 TOOL_CHOICES = ("none", "auto", "required")

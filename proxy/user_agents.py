@@ -41,8 +41,8 @@ from typing import Any
 
 from proxy.errors import ProxyError, bad_request
 from proxy.letta import Agent, Letta
-from proxy.letta_agents import USER_AGENT_TAG
-from proxy.letta_wire import AgentRecord
+from proxy.letta.agents import USER_AGENT_TAG
+from proxy.letta.wire import AgentRecord
 from proxy.settings import Settings
 from proxy.turns import TurnQueue
 

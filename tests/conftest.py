@@ -41,7 +41,7 @@ def mocked_letta() -> Iterator[respx.MockRouter]:
     """respx in Letta's place. It patches httpx's own transport, so meanwhile the proxy's Letta client
     runs on that transport rather than on aiohttp's."""
     with pytest.MonkeyPatch.context() as patch, respx.mock(base_url=LETTA, assert_all_called=False) as router:
-        patch.setattr("proxy.letta.http_client", letta_client.DefaultAsyncHttpxClient)
+        patch.setattr("proxy.letta.client.http_client", letta_client.DefaultAsyncHttpxClient)
         yield router
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from proxy.letta_wire import LettaMessage, SSEDecoder, decode_turn
+from proxy.letta.wire import LettaMessage, SSEDecoder, decode_turn
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -14,7 +14,7 @@ import pytest
 from proxy.approvals import MAX_ROUNDS, Approvals, TurnInput
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
+from proxy.letta.wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
 from proxy.tools import MOVED_ON, NO_APPROVER, ToolResult
 from tests.letta_captures import raw, turn
 
@@ -24,7 +24,7 @@ WEATHER = [{"name": "get_weather"}]
 
 
 def refusal() -> ProxyError:
-    """Letta's 409 PENDING_APPROVAL, as letta.py reports it."""
+    """Letta's 409 PENDING_APPROVAL, as proxy/letta/ reports it."""
     return ProxyError(409, "The agent is waiting for the approval of a tool call.", code="pending_approval")
 
 

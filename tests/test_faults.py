@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from proxy.app import create_app
-from proxy.translate import APPROVAL_NOTE
+from proxy.chat.encode import APPROVAL_NOTE
 from tests.conftest import KEY, make_settings
 from tests.fault_letta import STATUSES, FaultLetta
 

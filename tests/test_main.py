@@ -48,7 +48,7 @@ def test_start_up_says_where_it_listens_which_letta_and_whether_it_answered(tmp_
 
 
 def test_it_serves_from_one_process(tmp_path: Path) -> None:
-    """No supervising parent and no worker child: a second process would cost about 60 MiB more."""
+    """No supervising parent and no worker child: a second process would cost its memory for nothing."""
     with running_proxy(tmp_path, KEY, LETTA_BASE_URL=f"http://127.0.0.1:{free_port()}") as proxy:
         pid = proxy.process.pid
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()

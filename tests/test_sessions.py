@@ -346,7 +346,7 @@ def test_redis_index_forgets_expired_keys(redis_url: str) -> None:
 
 
 def test_without_a_redis_url_redis_is_never_imported() -> None:
-    """Its client adds about 18 MiB to the process: only a deployment that uses Redis pays for it."""
+    """Its client costs memory (bench/README.md): only a deployment that uses Redis pays for it."""
     code = (
         "import sys; from proxy.sessions import open_store; import proxy.app; "
         "open_store(None, 10, 60); print('redis' in sys.modules)"

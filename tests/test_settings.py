@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import pytest
 from pydantic import ValidationError
@@ -77,3 +78,23 @@ def test_a_blank_optional_value_is_unset_not_empty(tmp_path: Path, monkeypatch: 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
     assert settings.letta_api_key is None and settings.letta_project is None
     assert settings.proxy_default_agent is None and settings.proxy_redis_url is None
+
+
+CHOICES = {
+    name: get_args(field.annotation)
+    for name, field in Settings.model_fields.items()
+    if get_origin(field.annotation) is Literal
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHOICES))
+def test_every_choice_setting_accepts_any_case(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`PROXY_LOG_FORMAT=JSON` or `Text` works as `json` or `text` does, for every setting with choices."""
+    value = CHOICES[name][-1]
+    monkeypatch.setenv(name.upper(), value.title())
+    assert getattr(Settings(_env_file=None), name) == value  # type: ignore[call-arg]
+
+
+def test_the_choice_settings_are_found() -> None:
+    """The case test above covers the settings with choices, log format included."""
+    assert {"proxy_log_format", "proxy_log_level", "proxy_tool_calls"} <= set(CHOICES)

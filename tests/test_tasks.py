@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from litestar.datastructures import Headers
 
-from proxy import protocol
+from proxy.chat import protocol
 from proxy.tasks import NEUTRAL_EMOJI, Task, TaskKind, detect_task, local_answer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "openwebui"

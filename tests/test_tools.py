@@ -6,7 +6,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from proxy import protocol
+from proxy.chat import protocol
 from proxy.errors import ProxyError
 from proxy.tools import (
     MOVED_ON,

@@ -11,13 +11,13 @@ import msgspec
 import pytest
 import respx
 
+from proxy.agent_choice import Routing
 from proxy.auth import Client
+from proxy.chat.protocol import ChatCompletionRequest
+from proxy.chat.serving import Chat
 from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import ProxyError
 from proxy.letta import Letta
-from proxy.protocol import ChatCompletionRequest
-from proxy.routing import Routing
-from proxy.serving import Chat
 from proxy.sessions import MemoryStore
 from proxy.turns import TurnQueue
 from tests.conftest import AGENT, make_settings

@@ -21,7 +21,7 @@ from litestar.testing import TestClient
 from proxy.app import create_app
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import AgentRecord
+from proxy.letta.wire import AgentRecord
 from proxy.redis_store import connect
 from proxy.redis_turns import RedisTurns
 from proxy.turns import TurnQueue

@@ -13,12 +13,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from proxy import protocol
+from proxy.chat import protocol
+from proxy.chat.encode import MESSAGE_SEPARATOR, TurnTranslator
 from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.ids import item_id
-from proxy.translate import MESSAGE_SEPARATOR, TurnTranslator
 
 INCOMPLETE = {"length": "max_output_tokens"}  # chat finish reasons that leave a response incomplete
 

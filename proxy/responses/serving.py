@@ -15,22 +15,22 @@ from typing import Any, cast
 
 import msgspec
 
+from proxy.agent_choice import Routing
 from proxy.auth import Client
+from proxy.chat.encode import TurnTranslator
+from proxy.chat.serving import Chat, Prepare, Sent, Served, Target, Turn
 from proxy.disconnect import ClientWatch
 from proxy.errors import ProxyError, bad_request, upstream_failure
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.responses.ids import ResponseRef, make_response_id, not_found, read_response_id
 from proxy.responses.stream import ResponseFramer
 from proxy.responses.translate import functions, turn_input
-from proxy.routing import Routing
-from proxy.serving import Chat, Prepare, Sent, Served, Target, Turn
 from proxy.settings import Settings, ToolCallMode
-from proxy.stream import turn_frames
+from proxy.sse import turn_frames
 from proxy.tools import client_tools
-from proxy.translate import TurnTranslator
 
 RECENT = 50  # messages looked through for the previous response's turn
 

@@ -9,12 +9,12 @@ from collections.abc import Callable
 
 import msgspec
 
-from proxy import protocol
+from proxy.chat import protocol
+from proxy.chat.encode import TurnTranslator
 from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses import protocol as wire
 from proxy.responses.encode import Header, ResponseEncoder
-from proxy.translate import TurnTranslator
 
 _encode = msgspec.json.Encoder().encode
 

@@ -10,13 +10,12 @@ PROXY_SYSTEM_MESSAGES; reasoning items are the model's own output and are skippe
 
 from typing import Any, cast
 
-from letta_client.types import MessageCreateParam
-
+from proxy.chat.protocol import FunctionDefinition
+from proxy.chat.translate import Limits, image_part, sender_name, text_length, with_system_block
 from proxy.errors import bad_request
-from proxy.protocol import FunctionDefinition
+from proxy.letta.wire import MessageCreateParam
 from proxy.responses.protocol import InputItem, InputPart, ResponseRequest
 from proxy.tools import ToolResult
-from proxy.translate import Limits, image_part, sender_name, text_length, with_system_block
 
 TURN_BOUNDARIES = ("function_call",)  # besides assistant messages: items the agent produced
 SKIPPED = ("reasoning",)  # the model's own output, sent back by some clients; nothing for the agent

@@ -17,7 +17,7 @@ import pytest
 from letta_client import Letta
 from letta_client.types import AgentState
 
-from proxy.letta_agents import USER_AGENT_TAG
+from proxy.letta.agents import USER_AGENT_TAG
 from proxy.user_agents import TEMPLATE_TAG, user_tag
 from tests.e2e.conftest import API_KEY
 from tests.e2e.letta_history import user_texts

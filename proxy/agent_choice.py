@@ -20,8 +20,8 @@ from urllib.parse import unquote
 
 import msgspec
 
-from proxy import protocol
 from proxy.auth import Client
+from proxy.chat import protocol
 from proxy.errors import ProxyError, bad_request, model_not_found
 from proxy.letta import Agent, Letta
 from proxy.sessions import SessionStore, SessionStoreError

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from proxy.errors import ProxyError
-from proxy.letta_wire import MAX_EVENT_BYTES, SSEDecoder, decode_agents, decode_turn, error_text
+from proxy.letta.wire import MAX_EVENT_BYTES, SSEDecoder, decode_agents, decode_turn, error_text
 from tests.letta_captures import raw, sse_data, wire
 
 

@@ -1,4 +1,4 @@
-"""routing.py through the app: per-key agent scopes, model scopes, and who is speaking."""
+"""agent_choice.py through the app: per-key agent scopes, model scopes, and who is speaking."""
 
 import json
 from collections.abc import Iterator
@@ -244,7 +244,7 @@ def test_an_agent_made_a_moment_ago_is_found_without_waiting_for_the_cache(
 ) -> None:
     """A model missing from the cached list lists again at once; misses cost at most one listing a second."""
     now = [1000.0]
-    monkeypatch.setattr("proxy.letta_agents.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("proxy.letta.agents.time.monotonic", lambda: now[0])
     listed = [AGENT]
     letta["agents"].mock(side_effect=lambda request: agents_page(request, listed))
     with app(tmp_path, proxy_agent_cache_seconds=600) as client:

@@ -1,9 +1,9 @@
 """The agent directory: Letta's agents, listed page by page within bounds, and cached briefly.
 
-The pages come from `Letta`, which owns the client; this module decides when to list and when a
-listing has gone wrong (it outlives LETTA_TIMEOUT, repeats a page, or never ends). An end user's own agent
-(tagged `lop-user:...`, see proxy/user_agents.py) is never in the directory: it is reached only through
-its template, so no listing shows it and no model name or id reaches it.
+The pages come from `AgentCalls` (agent_calls.py), which owns the client; this module decides when to
+list and when a listing has gone wrong (it outlives LETTA_TIMEOUT, repeats a page, or never ends). An end
+user's own agent (tagged `lop-user:...`, see proxy/user_agents.py) is never in the directory: it is
+reached only through its template, so no listing shows it and no model name or id reaches it.
 """
 
 import asyncio
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.errors import ProxyError
-from proxy.letta_wire import AgentRecord
+from proxy.letta.wire import AgentRecord
 from proxy.settings import Settings
 
 log = logging.getLogger("proxy")
@@ -37,8 +37,15 @@ class Agent:
 
 
 class AgentDirectory:
-    def __init__(self, read_page: PageReader, settings: Settings, in_background: Spawner) -> None:
+    def __init__(
+        self,
+        read_page: PageReader,
+        settings: Settings,
+        in_background: Spawner,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self._read_page = read_page
+        self._clock = clock or time.monotonic
         self._in_background = in_background
         self._allowed = set(settings.proxy_agents)
         self._cache_seconds = settings.proxy_agent_cache_seconds
@@ -60,7 +67,7 @@ class AgentDirectory:
         `fresh` is for a model the list lacks, perhaps an agent made a moment ago: it lists again unless
         the list is under a second old, so a stream of unknown names costs Letta one listing a second.
         """
-        age = time.monotonic() - self._fetched_at
+        age = self._clock() - self._fetched_at
         if fresh and age >= MISS_RELIST_SECONDS:
             return await self._refresh(MISS_RELIST_SECONDS)
         if age < self._cache_seconds:
@@ -74,9 +81,9 @@ class AgentDirectory:
     async def _refresh(self, max_age: float | None = None) -> list[Agent]:
         async with self._lock:
             oldest = self._cache_seconds if max_age is None else max_age
-            if time.monotonic() - self._fetched_at >= oldest:  # else another caller just did
+            if self._clock() - self._fetched_at >= oldest:  # else another caller just did
                 self._agents = await self._list_agents()
-                self._fetched_at = time.monotonic()
+                self._fetched_at = self._clock()
             return self._agents
 
     async def _refresh_quietly(self) -> None:
@@ -102,8 +109,8 @@ class AgentDirectory:
         return [agent for agent in listed if agent.name in self._allowed or agent.id in self._allowed]
 
     async def _pages(self) -> list[Agent]:
-        """Every page, each decoded by msgspec into the three fields used (pydantic took 1.4 s per 1,000
-        agents). A cursor seen before, or more pages than any real Letta holds, is a 502."""
+        """Every page, each decoded by msgspec into the few fields used, not into the SDK's pydantic models
+        (bench/README.md). A cursor seen before, or more pages than any real Letta holds, is a 502."""
         listed: list[Agent] = []
         params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
         cursors: set[str] = set()

@@ -11,12 +11,12 @@ from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
 from proxy.app import create_app
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses.ids import ResponseRef, make_response_id, read_response_id
 from proxy.responses.serving import is_latest
+from tests.chat.test_routes import assert_openai_error, sent_body
 from tests.conftest import AGENT, KEY, make_settings, sse
 from tests.letta_captures import wire
-from tests.test_routes import assert_openai_error, sent_body
 
 RESPONSES = "/v1/responses"
 HELLO = {"model": AGENT["name"], "input": "hello"}

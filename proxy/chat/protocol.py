@@ -1,4 +1,5 @@
-"""OpenAI wire models, and nothing else: what clients send us and what we send back.
+"""The wire models of chat completions and the model list, and nothing else: what clients send us and
+what we send back. OpenAI's error body, the same for every API, is in proxy/errors.py.
 
 msgspec structs, because Litestar validates requests with them natively and they encode without a
 per-chunk validation pass. Unknown request fields are ignored: OpenAI clients send many we do not use.
@@ -144,20 +145,3 @@ class Model(msgspec.Struct):
 class ModelList(msgspec.Struct):
     data: list[Model]
     object: Literal["list"] = "list"
-
-
-class ErrorDetail(msgspec.Struct):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorBody(msgspec.Struct):
-    error: ErrorDetail
-
-
-class Health(msgspec.Struct):
-    """The proxy's own probes (`/health`, `/ready`), not an OpenAI object."""
-
-    status: Literal["ok", "unavailable"]

@@ -1,12 +1,13 @@
-"""A Letta event stream as OpenAI SSE frames: role chunk, deltas, finish chunk, usage chunk, `[DONE]`.
+"""One streamed turn as SSE writes, whatever the API: its `Framer` (chat chunks, Responses events) says
+what each Letta event becomes; this module paces them.
 
-An error once the 200 has gone out can only be told inside the stream: one `data: {"error": ...}`
-frame, then `[DONE]`, so every client stops cleanly. A quiet upstream gets SSE comments, so that no
-proxy or load balancer on the way closes the connection as idle.
+An error once the 200 has gone out can only be told inside the stream, as the framer's failure frames,
+so every client stops cleanly. A quiet upstream gets SSE comments, so that no proxy or load balancer on
+the way closes the connection as idle.
 
-What one stream whose client stops reading may hold, layer by layer (about 0.35 MiB in all, measured
-with 200 such streams; 1.1 MiB before these bounds):
-- Letta's connection: aiohttp's read buffer (`proxy.letta.READ_BUFSIZE`); past a few of them aiohttp
+What one stream whose client stops reading may hold, layer by layer (bench/README.md measures it with
+200 such streams):
+- Letta's connection: aiohttp's read buffer (`proxy.letta.client.READ_BUFSIZE`); past a few of them aiohttp
   stops reading from Letta, whose own socket buffers then fill, and Letta waits;
 - here: READ_AHEAD decoded events, plus one write of at most WRITE_BYTES and one frame;
 - Granian: a channel of 4 writes, then hyper's write buffer of up to 16 writes (within Granian's
@@ -23,53 +24,19 @@ from dataclasses import dataclass
 from typing import Protocol, Self, cast
 
 import anyio
-import msgspec
 
-from proxy import protocol
-from proxy.errors import ProxyError
-from proxy.letta_wire import LettaMessage
+from proxy.chat import protocol
+from proxy.chat.encode import TurnTranslator
+from proxy.errors import ProxyError, upstream_failure
+from proxy.letta.wire import LettaMessage
 from proxy.observe import upstream_error
-from proxy.translate import TurnTranslator, upstream_failure
 
 log = logging.getLogger("proxy")
 
-DONE = b"data: [DONE]\n\n"
 KEEPALIVE = b": keepalive\n\n"
 READ_AHEAD = 16  # events read before the client takes them; beyond, a slow client holds Letta back
 WRITE_BYTES = 4096  # a write closes once this full: the server keeps up to about 20 writes per stream
 _IDLE = object()  # queued by the idle timer for a client waiting on a silent upstream
-_encode = msgspec.json.Encoder().encode
-
-
-def frame(payload: msgspec.Struct) -> bytes:
-    return b"data: " + _encode(payload) + b"\n\n"
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkHeader:
-    """What every chunk of one completion repeats."""
-
-    id: str
-    created: int
-    model: str
-
-    def chunk(self, delta: protocol.Delta, finish_reason: str | None = None) -> bytes:
-        choice = protocol.ChunkChoice(delta=delta, finish_reason=finish_reason)
-        return frame(protocol.ChatCompletionChunk(self.id, self.created, self.model, [choice]))
-
-    def usage(self, usage: protocol.Usage) -> bytes:
-        return frame(protocol.ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage))
-
-
-async def local_frames(header: ChunkHeader, text: str, include_usage: bool) -> AsyncGenerator[bytes, None]:
-    """An answer the proxy gives itself, framed as a stream in one write: text, finish, usage, [DONE]."""
-    frames = [
-        header.chunk(protocol.Delta(role="assistant", content=text)),
-        header.chunk(protocol.Delta(), "stop"),
-    ]
-    if include_usage:
-        frames.append(header.usage(protocol.Usage(0, 0, 0)))
-    yield b"".join([*frames, DONE])
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,41 +151,6 @@ class Framer(Protocol):
     def failure(self, error: ProxyError) -> bytes:
         """The end of a turn that failed once the stream was open."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class ChatFramer:
-    """chat.completion.chunk frames: role chunk, deltas, finish chunk, usage chunk, `[DONE]`."""
-
-    header: ChunkHeader
-    include_usage: bool
-
-    def opening(self) -> bytes:
-        return self.header.chunk(protocol.Delta(role="assistant", content=""))
-
-    def event(self, event: LettaMessage, delta: protocol.Delta | None) -> bytes:
-        return self.header.chunk(delta) if delta is not None else b""
-
-    def closing(self, translator: TurnTranslator) -> bytes:
-        finish = self.header.chunk(protocol.Delta(), translator.finish_reason)
-        if self.include_usage and translator.usage is not None:
-            return finish + self.header.usage(translator.usage) + DONE
-        return finish + DONE
-
-    def failure(self, error: ProxyError) -> bytes:
-        return frame(protocol.ErrorBody(error=error.detail())) + DONE
-
-
-def sse_frames(
-    events: AsyncGenerator[object, None],
-    translator: TurnTranslator,
-    header: ChunkHeader,
-    *,
-    include_usage: bool,
-    idle_seconds: float,
-) -> AsyncGenerator[bytes, None]:
-    """A streamed chat completion."""
-    return turn_frames(events, translator, ChatFramer(header, include_usage), idle_seconds=idle_seconds)
 
 
 async def turn_frames(

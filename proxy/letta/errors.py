@@ -12,7 +12,7 @@ import httpx
 import letta_client
 
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_wire import error_text, redact
+from proxy.letta.wire import error_text, redact
 
 log = logging.getLogger("proxy")
 

@@ -1,4 +1,4 @@
-"""stream.py: the exact SSE frames a client receives for real captured Letta streams."""
+"""chat/stream.py and sse.py: the exact SSE frames a client receives for real captured Letta streams."""
 
 import asyncio
 import json
@@ -10,9 +10,10 @@ import anyio
 import msgspec
 import pytest
 
+from proxy.chat.encode import ChunkHeader, TurnTranslator, completion
+from proxy.chat.stream import DONE, sse_frames
 from proxy.errors import ProxyError
-from proxy.stream import DONE, KEEPALIVE, WRITE_BYTES, ChunkHeader, Paced, sse_frames
-from proxy.translate import TurnTranslator, completion
+from proxy.sse import KEEPALIVE, WRITE_BYTES, Paced
 from tests.letta_captures import event, events
 
 HEADER = ChunkHeader("chatcmpl-test", 1700000000, "bot")
@@ -424,7 +425,7 @@ def test_one_capture_gives_the_same_message_streamed_and_whole(capture: str) -> 
         )
         return [f async for f in out]
 
-    whole = completion(events(capture), TurnTranslator(client_tools=tools), "c", 0, "m")
+    whole = completion(events(capture), TurnTranslator(client_tools=tools), ChunkHeader("c", 0, "m"))
     chunks = [json.loads(f[6:]) for f in split(asyncio.run(streamed())) if f.startswith(b"data: {")]
     content, calls, finish, usage = "", {}, None, None
     for piece in chunks:

@@ -12,27 +12,21 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import msgspec
-from letta_client.types.agents.message_create_params import ClientTool, Message
 
-from proxy import protocol
+from proxy.agent_choice import Routing, with_speaker
 from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
+from proxy.chat import protocol
+from proxy.chat.encode import ChunkHeader, TurnTranslator, completion, local_completion
+from proxy.chat.stream import local_frames, sse_frames
+from proxy.chat.translate import Limits, letta_messages
 from proxy.disconnect import ClientGone, ClientWatch
 from proxy.errors import bad_request
 from proxy.letta import Agent, Letta
-from proxy.letta_wire import LettaMessage
-from proxy.routing import Routing, with_speaker
+from proxy.letta.wire import ClientTool, LettaMessage, Message
 from proxy.settings import Settings, ToolCallMode
-from proxy.stream import ChunkHeader, local_frames, sse_frames
 from proxy.tasks import detect_task, local_answer
 from proxy.tools import CLIENT_TOOL_AGENT_TYPES, ToolResult, chat_functions, chat_tool_results, client_tools
-from proxy.translate import (
-    Limits,
-    TurnTranslator,
-    completion,
-    letta_messages,
-    local_completion,
-)
 from proxy.turns import TurnQueue
 
 HEALTH_CHECK_HEADER = "x-letta-proxy-health-check"
@@ -153,7 +147,7 @@ class Chat:
         header = ChunkHeader(header.id, header.created, turn.agent.name)
         translator = self.translator(turn, self._settings.proxy_tool_calls)
         if isinstance(turn.events, list):
-            return Served(completion(turn.events, translator, *_fields(header)), turn.agent.name, translator)
+            return Served(completion(turn.events, translator, header), turn.agent.name, translator)
         frames = sse_frames(
             turn.events,
             translator,
@@ -244,12 +238,8 @@ async def _gather(events: AsyncIterator[T]) -> list[T]:
     return [event async for event in events]
 
 
-def _fields(header: ChunkHeader) -> tuple[str, int, str]:
-    return header.id, header.created, header.model
-
-
 def _local(text: str, header: ChunkHeader, stream: bool, include_usage: bool) -> Answer:
     """An answer given without any agent, in the form the client asked for."""
     if stream:
         return local_frames(header, text, include_usage)
-    return local_completion(text, *_fields(header))
+    return local_completion(text, header)

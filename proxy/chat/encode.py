@@ -1,23 +1,16 @@
-"""Pure translation between OpenAI and Letta, with no I/O.
+"""Pure translation of Letta's answer into chat completions, with no I/O.
 
-Requests: the new user turns of an OpenAI request become Letta user messages. Answers: Letta messages,
-whether streamed event by event or returned whole, go through one `TurnTranslator`, which turns each
-into an OpenAI delta; a whole answer is those deltas merged. So a streamed turn and a non-streamed one
-can never disagree.
+Letta messages, whether streamed event by event or returned whole, go through one `TurnTranslator`, which
+turns each into an OpenAI delta; a whole answer is those deltas merged. So a streamed turn and a
+non-streamed one can never disagree.
 """
 
-import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, cast
-from urllib.parse import urlsplit
 
-from letta_client.types import MessageCreateParam
-
-from proxy import protocol
-from proxy.errors import bad_request, upstream_failure
-from proxy.letta_wire import LettaMessage, ToolCall
-from proxy.settings import ApprovalMode, SystemMessages, ToolCallMode
+from proxy.chat import protocol
+from proxy.errors import upstream_failure
+from proxy.letta.wire import LettaMessage, ToolCall
+from proxy.settings import ApprovalMode, ToolCallMode
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -34,180 +27,22 @@ ERROR_STOP_REASONS = frozenset(
 )
 APPROVAL_NOTE = "[The agent is waiting for approval of a tool call. Approve or deny it in Letta to continue.]"
 MESSAGE_SEPARATOR = "\n\n"
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-# --- OpenAI request -> Letta messages -------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
-    """Bounds on what one request may carry, beyond the body size the server enforces."""
+class ChunkHeader:
+    """What one completion repeats in every chunk, and in its whole answer: its id, time and model."""
 
-    messages: int = 5000
-    text_chars: int = 1_000_000
-    image_bytes: int = 5 * 1024 * 1024
-    image_url_hosts: frozenset[str] = frozenset()  # hosts Letta may fetch images from; none: data URLs only
-    system_messages: SystemMessages = "drop"
+    id: str
+    created: int
+    model: str
 
+    def chunk(self, delta: protocol.Delta, finish_reason: str | None = None) -> protocol.ChatCompletionChunk:
+        choice = protocol.ChunkChoice(delta=delta, finish_reason=finish_reason)
+        return protocol.ChatCompletionChunk(self.id, self.created, self.model, [choice])
 
-def letta_messages(
-    request: protocol.ChatCompletionRequest, limits: Limits = Limits(), *, results_given: bool = False
-) -> list[MessageCreateParam]:
-    """The user turns after the last assistant message: the only part Letta has not seen yet.
-
-    There may be none when the request brings tool results (`results_given`), which are new too.
-    """
-    if request.n is not None and request.n > 1:
-        raise bad_request("Only n=1 is supported: a Letta agent gives one answer per turn.", param="n")
-    if len(request.messages) > limits.messages:
-        raise bad_request(
-            f"Too many messages: {len(request.messages)}, at most {limits.messages} are accepted.",
-            param="messages",
-            code="too_many_messages",
-        )
-    last_assistant = max((i for i, m in enumerate(request.messages) if m.role == "assistant"), default=-1)
-    turns: list[MessageCreateParam] = [
-        _user_turn(i, message, limits, request.user)
-        for i, message in enumerate(request.messages)
-        if i > last_assistant and message.role == "user"
-    ]
-    if not turns and not results_given:
-        raise bad_request(
-            "No user message after the last assistant message: there is nothing new to send to the agent.",
-            param="messages",
-        )
-    if limits.system_messages == "forward" and turns:
-        system = [
-            _system_text(i, message)
-            for i, message in enumerate(request.messages)
-            if i > last_assistant and message.role in ("system", "developer")
-        ]
-        turns[0] = with_system_block(turns[0], system)
-    if sum(text_length(turn["content"]) for turn in turns) > limits.text_chars:
-        raise bad_request(
-            f"The new user messages hold more than {limits.text_chars} characters of text.",
-            param="messages",
-            code="message_too_long",
-        )
-    return turns
-
-
-def _user_turn(
-    index: int, message: protocol.ChatMessage, limits: Limits, user: str | None
-) -> MessageCreateParam:
-    """A Letta user message; the speaker's name (the message's, else the request's `user`) goes with it."""
-    turn: MessageCreateParam = {"role": "user", "content": _user_content(index, message, limits)}
-    if name := sender_name(message.name or user):
-        turn["name"] = name
-    return turn
-
-
-def sender_name(name: str | None) -> str | None:
-    """A name every LLM provider behind Letta accepts: letters, digits, `_` and `-`, at most 64."""
-    cleaned = _NAME_UNSAFE.sub("_", name or "").strip("_")[:64]
-    return cleaned or None
-
-
-def _system_text(index: int, message: protocol.ChatMessage) -> str:
-    content = message.content
-    if isinstance(content, str) or content is None:
-        return content or ""
-    if any(part.type != "text" for part in content):
-        raise bad_request(
-            f"messages[{index}] is a {message.role} message with non-text parts: only text can be forwarded.",
-            param=f"messages[{index}].content",
-        )
-    return "\n".join(part.text or "" for part in content)
-
-
-SYSTEM_BLOCK = "[System instructions from the client]\n{text}\n[End of the client's system instructions]"
-
-
-def with_system_block(turn: MessageCreateParam, texts: Iterable[str]) -> MessageCreateParam:
-    """The client's system text as a marked block before the user text (PROXY_SYSTEM_MESSAGES=forward)."""
-    text = "\n\n".join(t for t in texts if t.strip())
-    if not text:
-        return turn
-    block = SYSTEM_BLOCK.format(text=text)
-    content = turn["content"]
-    if isinstance(content, str):
-        return {**turn, "content": f"{block}\n\n{content}"}
-    return {**turn, "content": [{"type": "text", "text": block}, *cast(list[Any], content)]}
-
-
-def text_length(content: object) -> int:
-    if isinstance(content, str):
-        return len(content)
-    return sum(len(part.get("text", "")) for part in cast(list[dict[str, Any]], content))
-
-
-def _user_content(index: int, message: protocol.ChatMessage, limits: Limits) -> str | list[Any]:
-    """A plain string when the turn is only text (what Letta shows best), else Letta content parts."""
-    content = message.content
-    if isinstance(content, str) or content is None:
-        text = content or ""
-        if not text.strip():
-            raise bad_request(f"messages[{index}] has empty content.", param=f"messages[{index}].content")
-        return text
-    parts: list[dict[str, Any]] = []
-    for j, part in enumerate(content):
-        where = f"messages[{index}].content[{j}]"
-        if part.type == "text" and part.text is not None:
-            if parts and parts[-1]["type"] == "text":
-                parts[-1]["text"] += "\n" + part.text
-            else:
-                parts.append({"type": "text", "text": part.text})
-        elif part.type == "image_url" and part.image_url is not None:
-            parts.append(image_part(part.image_url.url, f"{where}.image_url.url", limits))
-        else:
-            raise bad_request(
-                f"Unsupported content part of type '{part.type}' in {where}: send text or image_url parts.",
-                param=f"{where}.type",
-            )
-    if not parts:
-        raise bad_request(f"messages[{index}] has empty content.", param=f"messages[{index}].content")
-    if len(parts) == 1 and parts[0]["type"] == "text":
-        return cast(str, parts[0]["text"])
-    return parts
-
-
-def image_part(url: str, param: str, limits: Limits) -> dict[str, Any]:
-    """A Letta image: a base64 data URL, or an http(s) URL on an allowed host, which Letta fetches itself.
-
-    Letta would fetch whatever URL a client names, so remote images are refused unless their host is one
-    the deployment listed (PROXY_IMAGE_URL_HOSTS).
-    """
-    if url.startswith(("http://", "https://")) and _allowed_host(url, limits.image_url_hosts):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    header, comma, data = url.partition(",")
-    media_type, _, encoding = header.removeprefix("data:").partition(";")
-    if not (url.startswith("data:") and comma and encoding == "base64" and media_type.startswith("image/")):
-        allowed = " or http(s) URLs on the hosts the proxy allows" if limits.image_url_hosts else ""
-        raise bad_request(
-            f"Unsupported image URL in {param}: "
-            f"only base64 data URLs (data:image/...;base64,...){allowed} are accepted.",
-            param=param,
-        )
-    if len(data) * 3 // 4 > limits.image_bytes:
-        raise bad_request(
-            f"The image in {param} is larger than {limits.image_bytes} bytes.",
-            param=param,
-            code="image_too_large",
-        )
-    return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
-
-
-def _allowed_host(url: str, hosts: frozenset[str]) -> bool:
-    """Exact host names only, and no credentials in the URL (they would reach Letta's fetch)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.username is None and (parts.hostname or "") in hosts
-
-
-# --- Letta messages and events -> OpenAI deltas ---------------------------------------------------
+    def usage(self, usage: protocol.Usage) -> protocol.ChatCompletionChunk:
+        return protocol.ChatCompletionChunk(self.id, self.created, self.model, [], usage=usage)
 
 
 @dataclass
@@ -384,15 +219,17 @@ def merge(deltas: list[protocol.Delta]) -> protocol.AssistantMessage:
 
 
 def completion(
-    events: list[LettaMessage], translator: TurnTranslator, completion_id: str, created: int, model: str
+    events: list[LettaMessage], translator: TurnTranslator, header: ChunkHeader
 ) -> protocol.ChatCompletion:
     """A whole Letta turn as one `chat.completion`, built from the same deltas a stream would send."""
     deltas = [delta for event in events if (delta := translator.feed(event)) is not None]
     choice = protocol.Choice(message=merge(deltas), finish_reason=translator.finish_reason)
-    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=translator.usage)
+    return protocol.ChatCompletion(header.id, header.created, header.model, [choice], usage=translator.usage)
 
 
-def local_completion(text: str, completion_id: str, created: int, model: str) -> protocol.ChatCompletion:
+def local_completion(text: str, header: ChunkHeader) -> protocol.ChatCompletion:
     """An answer the proxy gives itself, with no agent involved (so no tokens counted)."""
     choice = protocol.Choice(message=protocol.AssistantMessage(content=text), finish_reason="stop")
-    return protocol.ChatCompletion(completion_id, created, model, [choice], usage=protocol.Usage(0, 0, 0))
+    return protocol.ChatCompletion(
+        header.id, header.created, header.model, [choice], usage=protocol.Usage(0, 0, 0)
+    )

@@ -1,4 +1,4 @@
-"""routes.py through the whole app: auth, model resolution, what reaches Letta, and every error's shape."""
+"""The chat routes through the app: auth, model resolution, what reaches Letta, every error's shape."""
 
 import json
 from pathlib import Path

@@ -5,12 +5,12 @@ from typing import Any
 import msgspec
 import pytest
 
+from proxy.chat.protocol import FunctionDefinition
+from proxy.chat.translate import SYSTEM_BLOCK, Limits
 from proxy.errors import ProxyError
-from proxy.protocol import FunctionDefinition
 from proxy.responses.protocol import ResponseRequest
 from proxy.responses.translate import functions, turn_input
 from proxy.tools import ToolResult
-from proxy.translate import SYSTEM_BLOCK, Limits
 
 PNG = "data:image/png;base64,iVBORw0KGgo="
 

@@ -1,21 +1,14 @@
-"""translate.py: OpenAI requests to Letta messages, and Letta answers (real captures) to OpenAI objects."""
+"""chat/translate.py and encode.py: requests to Letta messages, Letta answers (real captures) to OpenAI."""
 
 from typing import Any
 
 import msgspec
 import pytest
 
-from proxy import protocol
+from proxy.chat import protocol
+from proxy.chat.encode import APPROVAL_NOTE, ChunkHeader, TurnTranslator, completion, merge
+from proxy.chat.translate import SYSTEM_BLOCK, Limits, letta_messages
 from proxy.errors import ProxyError
-from proxy.translate import (
-    APPROVAL_NOTE,
-    SYSTEM_BLOCK,
-    Limits,
-    TurnTranslator,
-    completion,
-    letta_messages,
-    merge,
-)
 from tests.letta_captures import event, events, first, turn
 
 TOOL_STREAM = "stream_tool_call.sse"
@@ -155,7 +148,7 @@ def test_an_empty_user_turn_is_a_400(content: object) -> None:
 
 def test_a_captured_turn_becomes_a_chat_completion() -> None:
     """Text, finish reason and Letta's own token counts come through as OpenAI's fields."""
-    result = completion(turn("send_message.json"), TurnTranslator(), "chatcmpl-1", 7, "bot")
+    result = completion(turn("send_message.json"), TurnTranslator(), ChunkHeader("chatcmpl-1", 7, "bot"))
     assert msgspec.to_builtins(result) == {
         "object": "chat.completion",
         "id": "chatcmpl-1",
@@ -176,7 +169,11 @@ def test_a_captured_turn_becomes_a_chat_completion() -> None:
 def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() -> None:
     """In `openai` mode the agent's tool call is an OpenAI tool call; the tool's result is not shown."""
     translator = TurnTranslator("openai")
-    message = completion(turn("send_message_tool_call.json"), translator, "c", 0, "bot").choices[0].message
+    message = (
+        completion(turn("send_message_tool_call.json"), translator, ChunkHeader("c", 0, "bot"))
+        .choices[0]
+        .message
+    )
     assert message.content == "Echo: /tool proxy"
     assert message.tool_calls == [
         protocol.ToolCall(
@@ -188,8 +185,14 @@ def test_a_captured_tool_call_turn_keeps_the_call_and_drops_the_tool_return() ->
 
 def test_reasoning_is_dropped_unless_asked_for() -> None:
     """A memgpt agent's reasoning stays private by default and is reasoning_content when enabled."""
-    hidden = completion(turn("send_message_memgpt_v2.json"), TurnTranslator(), "c", 0, "m").choices[0].message
-    shown = completion(turn("send_message_memgpt_v2.json"), TurnTranslator(reasoning=True), "c", 0, "m")
+    hidden = (
+        completion(turn("send_message_memgpt_v2.json"), TurnTranslator(), ChunkHeader("c", 0, "m"))
+        .choices[0]
+        .message
+    )
+    shown = completion(
+        turn("send_message_memgpt_v2.json"), TurnTranslator(reasoning=True), ChunkHeader("c", 0, "m")
+    )
     assert (hidden.content, hidden.reasoning_content) == ("Echo: hello memgpt", None)
     assert shown.choices[0].message.reasoning_content == "The user said 'hello memgpt'. I will echo it back."
 
@@ -443,7 +446,9 @@ def test_a_streamed_client_tool_call_is_openai_tool_calls() -> None:
 
 def test_a_whole_client_tool_call_turn_is_a_tool_calls_completion() -> None:
     """Non-streamed, the same call is one whole tool call with no content."""
-    result = completion(turn("send_approval.json"), TurnTranslator(client_tools=WEATHER), "c", 0, "bot")
+    result = completion(
+        turn("send_approval.json"), TurnTranslator(client_tools=WEATHER), ChunkHeader("c", 0, "bot")
+    )
     choice = result.choices[0]
     assert choice.finish_reason == "tool_calls"
     assert choice.message == protocol.AssistantMessage(

@@ -1,4 +1,4 @@
-"""letta.py: what is sent to Letta, how its streams are opened and closed, and how its failures map."""
+"""proxy/letta/: what is sent to Letta, how its streams are opened and closed, and how its failures map."""
 
 import asyncio
 import json
@@ -14,7 +14,7 @@ import respx
 
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta_errors import map_failure
+from proxy.letta.errors import map_failure
 from tests.conftest import AGENT, LETTA, agents_page, make_settings, sse
 from tests.letta_captures import raw
 
@@ -22,9 +22,9 @@ BOT = Agent(AGENT["id"], AGENT["name"], 0)
 TURN: list[Any] = [{"role": "user", "content": "hello"}]
 
 
-def run(tmp_path: Path, scenario: Any, **settings: Any) -> Any:
+def run(tmp_path: Path, scenario: Any, clock: Any = None, **settings: Any) -> Any:
     async def main() -> Any:
-        letta = Letta(make_settings(tmp_path, **settings))
+        letta = Letta(make_settings(tmp_path, **settings), clock)
         try:
             return await scenario(letta)
         finally:
@@ -165,22 +165,29 @@ def test_readiness_is_false_when_letta_is_down(tmp_path: Path, letta: respx.Mock
     assert run(tmp_path, lambda client: client.ready()) is False
 
 
+async def settle() -> None:
+    """Lets a background listing, already answered by the mock, finish."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
 def test_a_stale_agent_list_is_served_while_it_is_listed_again(
     tmp_path: Path, letta: respx.MockRouter
 ) -> None:
     """Within a second cache period nobody waits: the old list answers and one listing runs behind it."""
     other = {**AGENT, "id": "agent-other", "name": "other"}
+    now = [1000.0]
 
     async def scenario(client: Letta) -> list[list[str]]:
         seen = [[a.name for a in await client.agents()]]
         letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
-        await asyncio.sleep(0.3)  # past one period (0.2 s), within two
+        now[0] += 3  # past one period (2 s), within two
         seen += [[a.name for a in await client.agents()] for _ in range(5)]
-        await asyncio.sleep(0.05)  # the background listing completes
+        await settle()
         seen.append([a.name for a in await client.agents()])
         return seen
 
-    seen = run(tmp_path, scenario, proxy_agent_cache_seconds=0.2)
+    seen = run(tmp_path, scenario, lambda: now[0], proxy_agent_cache_seconds=2)
     assert seen[:6] == [[AGENT["name"]]] * 6
     assert seen[6] == [AGENT["name"], "other"]
     assert letta["agents"].call_count == 4  # two listings of two pages: five stale readers started one
@@ -190,28 +197,29 @@ def test_a_list_older_than_two_periods_is_listed_before_answering(
     tmp_path: Path, letta: respx.MockRouter
 ) -> None:
     other = {**AGENT, "id": "agent-other", "name": "other"}
+    now = [1000.0]
 
     async def scenario(client: Letta) -> list[str]:
         await client.agents()
         letta["agents"].mock(side_effect=lambda request: agents_page(request, [AGENT, other]))
-        await asyncio.sleep(0.25)
+        now[0] += 2.5  # past two periods (1 s each)
         return [a.name for a in await client.agents()]
 
-    assert run(tmp_path, scenario, proxy_agent_cache_seconds=0.1) == [AGENT["name"], "other"]
+    assert run(tmp_path, scenario, lambda: now[0], proxy_agent_cache_seconds=1) == [AGENT["name"], "other"]
 
 
 def test_a_failed_background_listing_keeps_the_list_and_is_logged(
     tmp_path: Path, letta: respx.MockRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
+    now = [1000.0]
+
     async def scenario(client: Letta) -> list[str]:
         await client.agents()
         letta["agents"].mock(return_value=httpx.Response(500))
-        await asyncio.sleep(0.3)
-        stale = [a.name for a in await client.agents()]
-        await asyncio.sleep(0.1)
-        return stale
+        now[0] += 3  # past one period (2 s), within two
+        return [a.name for a in await client.agents()]  # closing waits for the background listing
 
-    assert run(tmp_path, scenario, proxy_agent_cache_seconds=0.2) == [AGENT["name"]]
+    assert run(tmp_path, scenario, lambda: now[0], proxy_agent_cache_seconds=2) == [AGENT["name"]]
     assert "could not list the agents again" in caplog.text
 
 
@@ -269,7 +277,7 @@ def test_a_listing_longer_than_any_letta_holds_is_a_502(
     tmp_path: Path, letta: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pages that advance for ever stop at MAX_LIST_PAGES."""
-    monkeypatch.setattr("proxy.letta_agents.MAX_LIST_PAGES", 3)
+    monkeypatch.setattr("proxy.letta.agents.MAX_LIST_PAGES", 3)
     pages = iter(range(1000))
     letta["agents"].mock(
         side_effect=lambda _: httpx.Response(200, json=[{**AGENT, "id": f"agent-{next(pages)}"}])
@@ -334,3 +342,22 @@ def test_no_active_run_means_no_cancel_and_a_failing_letta_raises_nothing(
     run(tmp_path, lambda client: client.cancel_active(BOT, None))
     run(tmp_path, lambda client: client.cancel_active(BOT, None))
     assert not cancel.called
+
+
+def test_a_turn_to_a_deleted_agent_is_a_404_and_the_next_request_lists_again(
+    tmp_path: Path, letta: respx.MockRouter
+) -> None:
+    """Letta's 404 on a turn means the agent is gone: the cached list, which still has it, is dropped."""
+    letta["send"].mock(return_value=httpx.Response(404, json={"detail": "Agent not found"}))
+
+    async def scenario(client: Letta) -> tuple[ProxyError, int, int]:
+        await client.agents()
+        listed = letta["agents"].call_count
+        with pytest.raises(ProxyError) as refused:
+            await client.send(BOT, TURN)
+        await client.agents()
+        return refused.value, listed, letta["agents"].call_count
+
+    error, before, after = run(tmp_path, scenario, proxy_agent_cache_seconds=600)
+    assert (error.status, error.code, error.param) == (404, "model_not_found", "model")
+    assert after > before

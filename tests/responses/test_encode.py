@@ -10,13 +10,13 @@ import pytest
 from openai.types.responses import ResponseStreamEvent
 from pydantic import TypeAdapter
 
-from proxy import protocol
+from proxy.chat import protocol
+from proxy.chat.encode import ChunkHeader, TurnTranslator, completion
 from proxy.errors import ProxyError, upstream_failure
-from proxy.letta_wire import LettaMessage
+from proxy.letta.wire import LettaMessage
 from proxy.responses.encode import Header, ResponseEncoder
 from proxy.responses.stream import ResponseFramer
-from proxy.stream import turn_frames
-from proxy.translate import TurnTranslator, completion
+from proxy.sse import turn_frames
 from tests.letta_captures import event, events, first, turn
 
 HEADER = Header("resp_test", 1700000000, "bot")
@@ -44,7 +44,7 @@ def encode(feed: list[LettaMessage], translator: TurnTranslator) -> tuple[list[A
 @pytest.mark.parametrize("name", CAPTURES)
 def test_one_capture_says_the_same_in_both_apis(name: str) -> None:
     """Text, tool calls and usage agree between the chat completion and the response of one turn."""
-    chat = completion(CAPTURES[name](), TurnTranslator("openai"), "chatcmpl-x", 0, "bot")
+    chat = completion(CAPTURES[name](), TurnTranslator("openai"), ChunkHeader("chatcmpl-x", 0, "bot"))
     _, response = encode(CAPTURES[name](), TurnTranslator("openai"))
     message = chat.choices[0].message
     texts = [

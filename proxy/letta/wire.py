@@ -3,7 +3,8 @@
 The SDK's pydantic models validate every field of every event; these structs skip what nobody reads, at
 a fraction of the CPU (bench/README.md). One permissive struct serves every message type, because Letta
 adds types and fields over time: an unknown one must pass as something the translator ignores, not
-fail the turn. Pure: no I/O.
+fail the turn. Pure: no I/O. The SDK's request types (`Message`, `ClientTool`, `MessageCreateParam`) are
+named here too, so that no module outside this package imports letta-client.
 """
 
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
+from letta_client.types import MessageCreateParam as MessageCreateParam
+from letta_client.types.agents.message_create_params import ClientTool as ClientTool
+from letta_client.types.agents.message_create_params import Message as Message
 
 from proxy.errors import ProxyError, upstream_failure
 

@@ -111,18 +111,18 @@ class AgentDirectory:
     async def _pages(self) -> list[Agent]:
         """Every page, each decoded by msgspec into the few fields used, not into the SDK's pydantic models
         (bench/README.md). A cursor seen before, or more pages than any real Letta holds, is a 502."""
-        listed: list[Agent] = []
+        # By id: agents made or deleted between two pages can shift one into both, and it is one agent.
+        listed: dict[str, Agent] = {}
         params: dict[str, object] = {"include": ["agent.tags"], "limit": LIST_PAGE}
         cursors: set[str] = set()
         for _ in range(MAX_LIST_PAGES):
             page = await self._read_page(params)
             if not page:
-                return listed
-            listed += (
-                Agent(a.id, a.name, int(a.created_at.timestamp()) if a.created_at else 0, a.agent_type)
-                for a in page
-                if not any(tag.startswith(USER_AGENT_TAG) for tag in a.tags)
-            )
+                return list(listed.values())
+            for a in page:
+                if a.id not in listed and not any(tag.startswith(USER_AGENT_TAG) for tag in a.tags):
+                    created = int(a.created_at.timestamp()) if a.created_at else 0
+                    listed[a.id] = Agent(a.id, a.name, created, a.agent_type)
             if page[-1].id in cursors:
                 raise _bad_listing("its pages repeat themselves")
             cursors.add(page[-1].id)

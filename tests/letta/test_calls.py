@@ -153,6 +153,16 @@ def test_listing_agents_is_retried(tmp_path: Path, letta: respx.MockRouter) -> N
     assert [a.id for a in agents] == [AGENT["id"]] and letta["agents"].call_count == 3
 
 
+def test_an_agent_two_pages_both_list_is_listed_once(tmp_path: Path, letta: respx.MockRouter) -> None:
+    """Agents made or deleted between two pages can shift one into both: it is one agent, not two that
+    would make its name ambiguous."""
+    other = {**AGENT, "id": "agent-00000000-0000-4000-8000-000000000002", "name": "other"}
+    pages = [httpx.Response(200, json=[AGENT]), httpx.Response(200, json=[AGENT, other])]
+    letta["agents"].mock(side_effect=[*pages, httpx.Response(200, json=[])])
+    agents = run(tmp_path, lambda client: client.agents())
+    assert [a.id for a in agents] == [AGENT["id"], other["id"]]
+
+
 def test_the_letta_url_is_the_configured_one(tmp_path: Path, letta: respx.MockRouter) -> None:
     """Requests go to LETTA_BASE_URL."""
     run(tmp_path, lambda client: client.agents())

@@ -35,7 +35,7 @@ OPENWEBUI_CHAT_HEADER = "x-openwebui-chat-id"  # sent with ENABLE_FORWARD_USER_I
 OPENWEBUI_USER_HEADER = "x-openwebui-user-name"
 
 
-class Routing:
+class AgentChoice:
     def __init__(
         self,
         letta: Letta,
@@ -143,8 +143,8 @@ def with_speaker(
     request: protocol.ChatCompletionRequest, headers: Mapping[str, str]
 ) -> protocol.ChatCompletionRequest:
     """The request whose `user` (the sender's name, when a message has no `name`) is its own, else the
-    user name Open WebUI forwards, percent-encoded. Only what reaches the agent: routing reads the `user`
-    the client sent."""
+    user name Open WebUI forwards, percent-encoded. Only what reaches the agent: choosing the agent reads
+    the `user` the client sent."""
     if request.user or not (name := unquote(headers.get(OPENWEBUI_USER_HEADER, ""))):
         return request
     return msgspec.structs.replace(request, user=name)

@@ -9,7 +9,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from proxy.agent_choice import Routing
+from proxy.agent_choice import AgentChoice
 from proxy.auth import Client, load_clients
 from proxy.chat import routes as chat_routes
 from proxy.chat.serving import Chat
@@ -91,7 +91,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
     letta = Letta(settings)
     store, turns, outcomes, on_startup, on_shutdown = _shared_state(settings)
     clients = load_clients(settings) if clients is None else clients
-    routing = Routing(
+    choice = AgentChoice(
         letta,
         store,
         settings.proxy_model_scope,
@@ -99,15 +99,15 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         openwebui_chats=settings.proxy_openwebui_chat_id,
         user_agents=UserAgents(letta, settings, turns),
     )
-    chat = Chat(letta, routing, turns, settings)
+    chat = Chat(letta, choice, turns, settings)
     watch_turns(turns)
     app = Litestar(
         route_handlers=[V1, metrics, *probes],
         dependencies={
             "letta": _singleton(letta),
-            "routing": _singleton(routing),
+            "choice": _singleton(choice),
             "chat": _singleton(chat),
-            "responses": _singleton(Responses(chat, letta, routing, settings)),
+            "responses": _singleton(Responses(chat, letta, choice, settings)),
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,

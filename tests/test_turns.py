@@ -11,7 +11,7 @@ import msgspec
 import pytest
 import respx
 
-from proxy.agent_choice import Routing
+from proxy.agent_choice import AgentChoice
 from proxy.auth import Client
 from proxy.chat.protocol import ChatCompletionRequest
 from proxy.chat.serving import Chat
@@ -127,7 +127,7 @@ def serve_leaving(tmp_path: Path, scenario: Callable[[Chat, TurnQueue], Awaitabl
         settings = make_settings(tmp_path)
         letta = Letta(settings)
         turns = TurnQueue(timeout=5)
-        chat = Chat(letta, Routing(letta, MemoryStore(), "request", None), turns, settings)
+        chat = Chat(letta, AgentChoice(letta, MemoryStore(), "request", None), turns, settings)
         try:
             await asyncio.wait_for(scenario(chat, turns), 5)
         finally:

@@ -6,7 +6,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import JSONBody
 from litestar.response import Stream
 
-from proxy.agent_choice import Routing
+from proxy.agent_choice import AgentChoice
 from proxy.chat import protocol
 from proxy.chat.serving import Chat
 from proxy.disconnect import ClientWatch
@@ -24,9 +24,9 @@ CHAT_RESPONSES = {
 
 
 @get("/models", summary="List the Letta agents as models", responses={401: ERROR, 503: ERROR})
-async def list_models(request: Request, routing: NamedDependency[Routing]) -> protocol.ModelList:
+async def list_models(request: Request, choice: NamedDependency[AgentChoice]) -> protocol.ModelList:
     """Every agent this key may use, by name (by id where agents share a name)."""
-    models = await routing.models(request.state.client)
+    models = await choice.models(request.state.client)
     return protocol.ModelList(data=[protocol.Model(id=name, created=agent.created) for name, agent in models])
 
 

@@ -13,7 +13,7 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from proxy.agent_choice import Routing, with_speaker
+from proxy.agent_choice import AgentChoice, with_speaker
 from proxy.approvals import Approvals, TurnInput
 from proxy.auth import Client
 from proxy.chat import protocol
@@ -42,7 +42,7 @@ Prepare = Callable[[Agent, str | None], Awaitable[None]]
 class Target:
     """Where a turn goes: the agent (a model name or id), and which of its histories.
 
-    By default the agent's own history, or the conversation a chat key (`Routing.chat_key`'s) pins.
+    By default the agent's own history, or the conversation a chat key (`AgentChoice.chat_key`'s) pins.
     `pinned` names the history outright (`conversation`, None for the agent's own), as a Responses API id
     or `conversation` does.
     """
@@ -90,9 +90,9 @@ class Served(Generic[Whole]):
 
 
 class Chat:
-    def __init__(self, letta: Letta, routing: Routing, turns: TurnQueue, settings: Settings) -> None:
+    def __init__(self, letta: Letta, choice: AgentChoice, turns: TurnQueue, settings: Settings) -> None:
         self._letta = letta
-        self._routing = routing
+        self._choice = choice
         self._turns = turns
         self._settings = settings
         self._approvals = Approvals(letta, settings.proxy_tool_approvals)
@@ -122,7 +122,7 @@ class Chat:
             return Served(_local(local_answer(task, request.messages), header, request.stream, include_usage))
         if headers.get(HEALTH_CHECK_HEADER, "").strip().lower() in ("1", "true"):
             # LiteLLM's health checks carry it (from `health_check_params`); real traffic never does.
-            agent = await self._routing.named(client, request.model, request.user)  # key, Letta, agent
+            agent = await self._choice.named(client, request.model, request.user)  # key, Letta, agent
             header = ChunkHeader(header.id, header.created, agent.name)
             return Served(_local("", header, request.stream, include_usage), agent.name)
         return await self._turn(client, request, headers, header, include_usage, watch)
@@ -141,7 +141,7 @@ class Chat:
         offered = client_tools(chat_functions(request.tools), request.tool_choice) if forward else []
         results = chat_tool_results(request.messages, self._limits.text_chars) if forward else []
         messages = letta_messages(with_speaker(request, headers), self._limits, results_given=bool(results))
-        chat_key = await self._routing.chat_key(headers, request.messages)
+        chat_key = await self._choice.chat_key(headers, request.messages)
         target = Target(request.model, request.user, headers, chat_key=chat_key)
         turn = await self.run(client, target, Sent(messages, results, offered), watch, stream=request.stream)
         header = ChunkHeader(header.id, header.created, turn.agent.name)
@@ -175,7 +175,7 @@ class Chat:
         turn, or before its stream has started, gets the run cancelled before the agent is free for the
         next turn. A started stream ends its turn itself, however it ends.
         """
-        agent = await self._routing.resolve(client, target.model, target.user, target.headers)
+        agent = await self._choice.resolve(client, target.model, target.user, target.headers)
         offered = self._usable(agent, sent.client_tools)
         chat_key = None if target.pinned else target.chat_key
         line = target.conversation or chat_key
@@ -189,7 +189,7 @@ class Chat:
 
         try:
             if chat_key:
-                conversation = await watch.guard(self._routing.conversation(client, agent, chat_key))
+                conversation = await watch.guard(self._choice.conversation(client, agent, chat_key))
             if prepare is not None:
                 await watch.guard(prepare(agent, conversation))
             turn = TurnInput(agent, sent.messages, sent.results, offered, conversation)

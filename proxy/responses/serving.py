@@ -15,7 +15,7 @@ from typing import Any, cast
 
 import msgspec
 
-from proxy.agent_choice import Routing
+from proxy.agent_choice import AgentChoice
 from proxy.auth import Client
 from proxy.chat.encode import TurnTranslator
 from proxy.chat.serving import Chat, Prepare, Sent, Served, Target, Turn
@@ -36,10 +36,10 @@ RECENT = 50  # messages looked through for the previous response's turn
 
 
 class Responses:
-    def __init__(self, chat: Chat, letta: Letta, routing: Routing, settings: Settings) -> None:
+    def __init__(self, chat: Chat, letta: Letta, choice: AgentChoice, settings: Settings) -> None:
         self._chat = chat
         self._letta = letta
-        self._routing = routing
+        self._choice = choice
         self._settings = settings
         self._forward_tools = settings.proxy_client_tools == "forward"
         # The agent's own tool calls were run by Letta: never function_call items, which a client would run;
@@ -106,7 +106,7 @@ class Responses:
         another run (an approval the proxy denied), so it is not rebuilt; nor is a run Letta no longer has.
         """
         ref = read_response_id(response_id, client.key, param="response_id")
-        agent = next((a for a in await self._routing.visible(client) if a.id == ref.agent_id), None)
+        agent = next((a for a in await self._choice.visible(client) if a.id == ref.agent_id), None)
         found = await self._letta.run(ref.run_id) if agent is not None and ref.run_id else None
         if agent is None or found is None:
             raise not_found(response_id, "response_id")
@@ -150,7 +150,7 @@ class Responses:
                 request.model, request.user, headers, conversation=request.conversation_id, pinned=True
             )
             return target, self._owned(request.conversation_id)
-        chat_key = await self._routing.chat_key(headers, [])
+        chat_key = await self._choice.chat_key(headers, [])
         return Target(request.model, request.user, headers, chat_key=chat_key), None
 
     def _continues(self, previous: ResponseRef, model: str | None) -> Prepare:

@@ -24,6 +24,7 @@ from proxy.responses.serving import Responses
 from proxy.routes import metrics, probes, require_key
 from proxy.sessions import SessionStore, open_store
 from proxy.settings import Settings
+from proxy.turn_runner import TurnRunner
 from proxy.turns import TurnQueue
 from proxy.user_agents import UserAgents
 
@@ -99,7 +100,8 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
         openwebui_chats=settings.proxy_openwebui_chat_id,
         user_agents=UserAgents(letta, settings, turns),
     )
-    chat = Chat(letta, choice, turns, settings)
+    runner = TurnRunner(letta, choice, turns, settings)
+    chat = Chat(runner, choice, settings)
     watch_turns(turns)
     app = Litestar(
         route_handlers=[V1, metrics, *probes],
@@ -107,7 +109,7 @@ def create_app(settings: Settings, clients: list[Client] | None = None) -> Lites
             "letta": _singleton(letta),
             "choice": _singleton(choice),
             "chat": _singleton(chat),
-            "responses": _singleton(Responses(chat, letta, choice, settings)),
+            "responses": _singleton(Responses(runner, letta, choice, settings)),
         },
         exception_handlers=exception_handlers,
         after_request=json_not_found,

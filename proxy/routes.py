@@ -17,11 +17,11 @@ from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from proxy.auth import identify, presented_key
-from proxy.chat.serving import Served, Whole
 from proxy.disconnect import deliver
 from proxy.errors import ErrorBody, unauthorized
 from proxy.letta import Letta
 from proxy.observe import exposition
+from proxy.turn_runner import Served, Whole
 
 
 class Health(msgspec.Struct):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from proxy.chat import protocol
 from proxy.errors import bad_request
 from proxy.letta.wire import MessageCreateParam
-from proxy.settings import SystemMessages
+from proxy.settings import Settings, SystemMessages
 
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
@@ -25,6 +25,16 @@ class Limits:
     image_bytes: int = 5 * 1024 * 1024
     image_url_hosts: frozenset[str] = frozenset()  # hosts Letta may fetch images from; none: data URLs only
     system_messages: SystemMessages = "drop"
+
+    @classmethod
+    def of(cls, settings: Settings) -> "Limits":
+        return cls(
+            settings.proxy_max_messages,
+            settings.proxy_max_text_chars,
+            settings.proxy_max_image_bytes,
+            frozenset(settings.proxy_image_url_hosts),
+            settings.proxy_system_messages,
+        )
 
 
 def letta_messages(

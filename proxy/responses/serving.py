@@ -1,5 +1,5 @@
-"""Serving one Responses API request over the chat path's turn (`Chat.run`): same keys, agents, queue,
-errors and Letta calls; only the input and the output speak the Responses format.
+"""Serving one Responses API request over the turn chat completions take too (`TurnRunner.run`): same
+keys, agents, queue, errors and Letta calls; only the input and the output speak the Responses format.
 
 Which history a turn continues: the one a `previous_response_id` names (its agent and conversation are
 sealed in the id), else the Letta `conversation` named, else, as in chat, the agent's own history or
@@ -18,7 +18,7 @@ import msgspec
 from proxy.agent_choice import AgentChoice
 from proxy.auth import Client
 from proxy.chat.encode import TurnTranslator
-from proxy.chat.serving import Chat, Prepare, Sent, Served, Target, Turn
+from proxy.chat.translate import Limits
 from proxy.disconnect import ClientWatch
 from proxy.errors import ProxyError, bad_request, upstream_failure
 from proxy.letta import Agent, Letta
@@ -31,13 +31,15 @@ from proxy.responses.translate import functions, turn_input
 from proxy.settings import Settings, ToolCallMode
 from proxy.sse import turn_frames
 from proxy.tools import client_tools
+from proxy.turn_runner import Prepare, Sent, Served, Target, Turn, TurnRunner
 
 RECENT = 50  # messages looked through for the previous response's turn
 
 
 class Responses:
-    def __init__(self, chat: Chat, letta: Letta, choice: AgentChoice, settings: Settings) -> None:
-        self._chat = chat
+    def __init__(self, runner: TurnRunner, letta: Letta, choice: AgentChoice, settings: Settings) -> None:
+        self._runner = runner
+        self._limits = Limits.of(settings)
         self._letta = letta
         self._choice = choice
         self._settings = settings
@@ -49,7 +51,7 @@ class Responses:
 
     @property
     def stall_seconds(self) -> float:
-        return self._chat.stall_seconds
+        return self._settings.proxy_stall_seconds
 
     async def create(
         self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str], watch: ClientWatch
@@ -62,7 +64,7 @@ class Responses:
         previous = None
         if request.previous_response_id:
             previous = read_response_id(request.previous_response_id, client.key)
-        results, message = turn_input(request, self._chat.limits, continuing=previous is not None)
+        results, message = turn_input(request, self._limits, continuing=previous is not None)
         if message is None and not self._forward_tools:
             raise bad_request(
                 "No user message in the new input: function outputs are not forwarded here "
@@ -73,12 +75,12 @@ class Responses:
         sent = Sent([message] if message else [], results if self._forward_tools else [], offered)
         target, prepare = await self._target(request, headers, previous)
         try:
-            turn = await self._chat.run(client, target, sent, watch, stream=request.stream, prepare=prepare)
+            turn = await self._runner.run(client, target, sent, watch, stream=request.stream, prepare=prepare)
         except ProxyError as error:
             if error.param == "messages":  # the shared checks of tool results name chat's field
                 error.param = "input"
             raise
-        translator = self._chat.translator(turn, self._tool_calls)
+        translator = self._runner.translator(turn, self._tool_calls)
 
         def header(run_id: str | None) -> Header:
             return self._header(client, request, turn, run_id, created_at)

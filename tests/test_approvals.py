@@ -14,7 +14,7 @@ import pytest
 from proxy.approvals import MAX_ROUNDS, Approvals, TurnInput
 from proxy.errors import ProxyError
 from proxy.letta import Agent, Letta
-from proxy.letta.wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
+from proxy.letta.wire import LettaMessage, LettaResponse, SSEDecoder, decode_turn
 from proxy.tools import MOVED_ON, NO_APPROVER, ToolResult
 from tests.letta_captures import raw, turn
 
@@ -48,7 +48,7 @@ class StandIn:
             raise answer
         return answer
 
-    async def send(self, agent: Agent, messages: Any, client_tools: Any = None) -> LettaTurn:
+    async def send(self, agent: Agent, messages: Any, client_tools: Any = None) -> LettaResponse:
         return decode_turn(raw(self._next(messages, client_tools)))
 
     async def stream(

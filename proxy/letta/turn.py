@@ -20,7 +20,7 @@ from proxy.letta.agents import Agent
 from proxy.letta.cancel import cancel_run
 from proxy.letta.client import RETRY_BACKOFF
 from proxy.letta.errors import UPSTREAM_ERRORS, map_failure, timed_out
-from proxy.letta.wire import LettaMessage, LettaTurn, SSEDecoder, decode_turn
+from proxy.letta.wire import LettaMessage, LettaResponse, SSEDecoder, decode_turn
 from proxy.settings import Settings
 
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class TurnCalls(AgentCalls):
 
     async def send(
         self, agent: Agent, messages: Iterable[Message], client_tools: list[ClientTool] | None = None
-    ) -> LettaTurn:
+    ) -> LettaResponse:
         """One whole turn, within PROXY_TURN_TIMEOUT_SECONDS and PROXY_MAX_UPSTREAM_BYTES."""
         body = _turn_body(messages, client_tools or [])
         path = f"/v1/agents/{agent.id}/messages"

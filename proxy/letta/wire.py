@@ -60,8 +60,9 @@ class LettaMessage(msgspec.Struct, kw_only=True):
         return upstream_failure(short, code=self.error_type or "upstream_error")
 
 
-class LettaTurn(msgspec.Struct):
-    """A whole turn: what `POST /v1/agents/{id}/messages` answers without streaming."""
+class LettaResponse(msgspec.Struct):
+    """A whole turn's answer: what `POST /v1/agents/{id}/messages` answers without streaming (Letta's
+    own name for it)."""
 
     messages: list[LettaMessage] = []
     stop_reason: LettaMessage | None = None
@@ -128,7 +129,7 @@ def _scrubbed(message: LettaMessage, secret: str | None) -> LettaMessage:
     )
 
 
-_turn = msgspec.json.Decoder(LettaTurn)
+_turn = msgspec.json.Decoder(LettaResponse)
 _message = msgspec.json.Decoder(LettaMessage)
 _agents = msgspec.json.Decoder(list[AgentRecord])
 _messages = msgspec.json.Decoder(list[LettaMessage])
@@ -150,7 +151,7 @@ def decode_usage(body: bytes) -> LettaMessage:
         raise upstream_failure("The Letta server sent a malformed usage.") from exc
 
 
-def decode_turn(body: bytes, secret: str | None = None) -> LettaTurn:
+def decode_turn(body: bytes, secret: str | None = None) -> LettaResponse:
     """A whole turn; one without a stop reason is incomplete, as a stream without one would be."""
     try:
         turn = _turn.decode(body)

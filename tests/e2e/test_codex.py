@@ -1,5 +1,6 @@
 """End to end: Codex CLI (`@openai/codex` from npm, which ships its binary) runs `codex exec` to a final
-answer through /v1/responses, in front of a real Letta, with the provider entry the README shows.
+answer through /v1/responses, in front of a real Letta, with the provider entry the README shows; and
+runs the command the agent calls with Codex's own `exec_command` tool, whose output the agent then reads.
 
 Codex only speaks the Responses API, streamed. It runs with HOME in a temporary directory (its config
 and session files go there), no network beyond the proxy on loopback, and its retries off, so a failed
@@ -50,22 +51,12 @@ def codex() -> Path:
     return CODEX
 
 
-def test_codex_exec_reaches_a_final_answer(
-    codex: Path,
-    proxy_url: str,
-    api_key: str,
-    make_agent: Callable[[], AgentState],
-    letta: Letta,
-    tmp_path: Path,
-) -> None:
-    """One streamed turn, its <environment_context> item and prompt joined into one Letta user message,
-    answered by the agent; Codex prints that answer as its last message."""
-    agent = make_agent()
+def run_codex(codex: Path, config: str, prompt: str, tmp_path: Path, api_key: str) -> str:
+    """`codex exec` in a home and work directory of its own; its last message."""
     home, work = tmp_path / "home", tmp_path / "work"
     (home / ".codex").mkdir(parents=True)
     work.mkdir()
-    (home / ".codex" / "config.toml").write_text(CONFIG.format(agent=agent.name, proxy=proxy_url))
-    prompt = f"say hello {uuid.uuid4().hex[:8]}"
+    (home / ".codex" / "config.toml").write_text(config)
     last = tmp_path / "last-message.txt"
     done = subprocess.run(
         [str(codex), "exec", "--skip-git-repo-check", "--output-last-message", str(last), prompt],
@@ -77,8 +68,47 @@ def test_codex_exec_reaches_a_final_answer(
         timeout=180,
     )
     assert done.returncode == 0, f"codex exec failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    answer = last.read_text()
+    return last.read_text()
+
+
+def test_codex_exec_reaches_a_final_answer(
+    codex: Path,
+    proxy_url: str,
+    api_key: str,
+    make_agent: Callable[[], AgentState],
+    letta: Letta,
+    tmp_path: Path,
+) -> None:
+    """One streamed turn, its <environment_context> item and prompt joined into one Letta user message,
+    answered by the agent; Codex prints that answer as its last message."""
+    agent = make_agent()
+    prompt = f"say hello {uuid.uuid4().hex[:8]}"
+    answer = run_codex(codex, CONFIG.format(agent=agent.name, proxy=proxy_url), prompt, tmp_path, api_key)
     assert answer.startswith("Echo: ") and answer.rstrip().endswith(prompt), answer
     [sent] = user_texts(letta, agent.id)
     assert "<environment_context>" in sent and sent.endswith(prompt)  # one message: context, then prompt
     assert len(runs(letta, agent.id)) == 1  # one request, no retry
+
+
+def test_codex_runs_the_command_the_agent_calls_and_the_agent_reads_its_output(
+    codex: Path,
+    proxy_url: str,
+    api_key: str,
+    make_agent: Callable[[], AgentState],
+    letta: Letta,
+    tmp_path: Path,
+) -> None:
+    """A client tool round trip with a real client: the agent calls Codex's own `exec_command`, which
+    reaches Codex as a function_call; Codex runs it and sends its output back, which reaches the agent
+    as the tool's return, and the agent's answer quotes it. (Without its <environment_context> item, so
+    that the fake LLM reads the prompt as it was typed.)"""
+    agent = make_agent()
+    marker = f"tool-ok-{uuid.uuid4().hex[:8]}"
+    prompt = f'/call exec_command {{"cmd": "echo {marker}"}}'
+    config = "include_environment_context = false\n" + CONFIG.format(agent=agent.name, proxy=proxy_url)
+    answer = run_codex(codex, config, prompt, tmp_path, api_key)
+    asked, _, returned = answer.partition(" | exec_command returned: ")
+    assert asked == f"Echo: {prompt}", answer
+    assert "exited with code 0" in returned and f"Output:\\n{marker}" in returned, answer  # echo's, in JSON
+    assert user_texts(letta, agent.id) == [prompt]  # the tool's output went back as its return, not as a turn
+    assert len(runs(letta, agent.id)) == 2  # the call, then the answer to its output: no retry

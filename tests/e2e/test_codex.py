@@ -51,39 +51,44 @@ def codex() -> Path:
     return CODEX
 
 
-def run_codex(codex: Path, config: str, prompt: str, tmp_path: Path, api_key: str) -> str:
-    """`codex exec` in a home and work directory of its own; its last message."""
-    home, work = tmp_path / "home", tmp_path / "work"
-    (home / ".codex").mkdir(parents=True)
-    work.mkdir()
-    (home / ".codex" / "config.toml").write_text(config)
-    last = tmp_path / "last-message.txt"
-    done = subprocess.run(
-        [str(codex), "exec", "--skip-git-repo-check", "--output-last-message", str(last), prompt],
-        cwd=work,
-        env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LETTA_PROXY_API_KEY": api_key},
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, f"codex exec failed ({done.returncode}):\n{done.stderr[-4000:]}"
-    return last.read_text()
+RunCodex = Callable[[str, str, str], str]
+
+
+@pytest.fixture
+def run_codex(codex: Path, proxy_url: str, api_key: str, tmp_path: Path) -> RunCodex:
+    """`run_codex(agent, prompt, extra_config)`: `codex exec` in a home and work directory of its own,
+    configured as the README says (plus `extra_config` at the top); its last message."""
+
+    def run(agent: str, prompt: str, extra_config: str = "") -> str:
+        home, work = tmp_path / "home", tmp_path / "work"
+        (home / ".codex").mkdir(parents=True)
+        work.mkdir()
+        config = extra_config + CONFIG.format(agent=agent, proxy=proxy_url)
+        (home / ".codex" / "config.toml").write_text(config)
+        last = tmp_path / "last-message.txt"
+        done = subprocess.run(
+            [str(codex), "exec", "--skip-git-repo-check", "--output-last-message", str(last), prompt],
+            cwd=work,
+            env={"PATH": os.environ.get("PATH", ""), "HOME": str(home), "LETTA_PROXY_API_KEY": api_key},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, f"codex exec failed ({done.returncode}):\n{done.stderr[-4000:]}"
+        return last.read_text()
+
+    return run
 
 
 def test_codex_exec_reaches_a_final_answer(
-    codex: Path,
-    proxy_url: str,
-    api_key: str,
-    make_agent: Callable[[], AgentState],
-    letta: Letta,
-    tmp_path: Path,
+    run_codex: RunCodex, make_agent: Callable[[], AgentState], letta: Letta
 ) -> None:
     """One streamed turn, its <environment_context> item and prompt joined into one Letta user message,
     answered by the agent; Codex prints that answer as its last message."""
     agent = make_agent()
     prompt = f"say hello {uuid.uuid4().hex[:8]}"
-    answer = run_codex(codex, CONFIG.format(agent=agent.name, proxy=proxy_url), prompt, tmp_path, api_key)
+    answer = run_codex(agent.name, prompt, "")
     assert answer.startswith("Echo: ") and answer.rstrip().endswith(prompt), answer
     [sent] = user_texts(letta, agent.id)
     assert "<environment_context>" in sent and sent.endswith(prompt)  # one message: context, then prompt
@@ -91,12 +96,7 @@ def test_codex_exec_reaches_a_final_answer(
 
 
 def test_codex_runs_the_command_the_agent_calls_and_the_agent_reads_its_output(
-    codex: Path,
-    proxy_url: str,
-    api_key: str,
-    make_agent: Callable[[], AgentState],
-    letta: Letta,
-    tmp_path: Path,
+    run_codex: RunCodex, make_agent: Callable[[], AgentState], letta: Letta
 ) -> None:
     """A client tool round trip with a real client: the agent calls Codex's own `exec_command`, which
     reaches Codex as a function_call; Codex runs it and sends its output back, which reaches the agent
@@ -105,8 +105,7 @@ def test_codex_runs_the_command_the_agent_calls_and_the_agent_reads_its_output(
     agent = make_agent()
     marker = f"tool-ok-{uuid.uuid4().hex[:8]}"
     prompt = f'/call exec_command {{"cmd": "echo {marker}"}}'
-    config = "include_environment_context = false\n" + CONFIG.format(agent=agent.name, proxy=proxy_url)
-    answer = run_codex(codex, config, prompt, tmp_path, api_key)
+    answer = run_codex(agent.name, prompt, "include_environment_context = false\n")
     asked, _, returned = answer.partition(" | exec_command returned: ")
     assert asked == f"Echo: {prompt}", answer
     assert "exited with code 0" in returned and f"Output:\\n{marker}" in returned, answer  # echo's, in JSON

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 from tests.proxy_process import free_port
+from tests.required import unavailable
 
 READY_TIMEOUT = 10.0
 START_ATTEMPTS = 3  # the free port may be taken between choosing it and redis-server binding it
@@ -27,10 +26,7 @@ def redis_server_binary() -> str:
     )
     if binary:
         return binary
-    message = "redis-server not installed; apt-get install redis-server"
-    if os.environ.get("PROXY_E2E_REQUIRED") == "1":
-        pytest.fail(message + " (required: PROXY_E2E_REQUIRED=1)", pytrace=False)
-    pytest.skip(message)
+    unavailable("redis-server not installed; apt-get install redis-server")
 
 
 def _pings(port: int) -> bool:

@@ -14,11 +14,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.required import unavailable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 VENV = Path(os.environ.get("AGENTS_VENV", PROJECT_ROOT / ".venv-agents"))
-REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 SCRIPT_TIMEOUT = 180.0
 
 
@@ -34,9 +33,7 @@ def agents_python() -> Path:
             f"no OpenAI Agents SDK venv at {VENV}: make it with "
             "`uv venv .venv-agents && VIRTUAL_ENV=.venv-agents uv pip install openai-agents`"
         )
-        if REQUIRED:
-            pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     return python
 
 

@@ -19,9 +19,9 @@ from letta_client import Letta
 from letta_client.types import AgentState
 
 from tests.proxy_process import running_proxy
+from tests.required import unavailable
 
 LETTA_URL = os.environ.get("LETTA_E2E_URL", "http://127.0.0.1:8283").rstrip("/")
-REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 API_KEY = "sk-e2e-" + uuid.uuid4().hex
 AGENT_MODEL = "openai-proxy/fake-model"
 AGENT_EMBEDDING = "openai/text-embedding-3-small"
@@ -54,9 +54,7 @@ def letta_url() -> str:
             f"no Letta server at {LETTA_URL} ({exc.__class__.__name__}); start one there, or point "
             "LETTA_E2E_URL at one (the project's CI uses the offline server of its shared material)"
         )
-        if REQUIRED:
-            pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     return LETTA_URL
 
 

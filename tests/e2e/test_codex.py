@@ -21,12 +21,12 @@ from letta_client import Letta
 from letta_client.types import AgentState
 
 from tests.e2e.letta_history import runs, user_texts
+from tests.required import unavailable
 
 pytestmark = pytest.mark.slow
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CODEX = Path(os.environ.get("CODEX_BIN", PROJECT_ROOT / ".codex-cli" / "node_modules" / ".bin" / "codex"))
-REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 CONFIG = """\
 model = "{agent}"
 model_provider = "letta"
@@ -45,9 +45,7 @@ stream_max_retries = 0
 def codex() -> Path:
     if not CODEX.exists():
         reason = f"no Codex CLI at {CODEX}: `npm install --prefix .codex-cli @openai/codex`, or set CODEX_BIN"
-        if REQUIRED:
-            pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
     return CODEX
 
 

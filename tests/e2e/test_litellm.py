@@ -43,10 +43,10 @@ from letta_client.types import AgentState
 
 from tests.e2e.conftest import WEATHER
 from tests.e2e.letta_history import runs, user_texts
+from tests.required import unavailable
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_CONFIG = PROJECT_ROOT / "deploy" / "litellm" / "config.yaml"
-REQUIRED = os.environ.get("PROXY_E2E_REQUIRED") == "1"
 
 HEALTH_HEADER = "X-Letta-Proxy-Health-Check"
 # What LiteLLM's health check sends (litellm/proxy/health_check.py, _get_random_llm_message).
@@ -63,12 +63,6 @@ OFFLINE_ENV = {
 # Importing LiteLLM's proxy takes 30-60 s on a busy 2-core machine.
 SERVER_START_TIMEOUT_S = float(os.environ.get("LITELLM_E2E_START_TIMEOUT", "150"))
 HEALTH_CYCLE_TIMEOUT_S = 90.0
-
-
-def _unavailable(reason: str) -> None:
-    if REQUIRED:
-        pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def _marker() -> str:
@@ -249,7 +243,7 @@ def litellm(letta_url: str, wire: Wire) -> Iterator[ModuleType]:
     try:
         import litellm as module
     except ImportError as exc:
-        _unavailable(f"litellm is not importable ({exc}); it belongs in the project's dev dependency group")
+        unavailable(f"litellm is not importable ({exc}); it belongs in the project's dev dependency group")
     module.suppress_debug_info = True
     session = httpx.Client(transport=_TeeTransport(wire), timeout=120.0)
     module.client_session = session
@@ -530,7 +524,7 @@ def test_example_config_health_check_in_process(
     """LiteLLM's own health-check code on the example config's entry: healthy, nothing reaches the agent;
     real traffic on the same entry afterwards carries no probe header and reaches the agent."""
     if importlib.util.find_spec("fastapi") is None:
-        _unavailable("litellm's health check needs its [proxy] extra (fastapi is missing)")
+        unavailable("litellm's health check needs its [proxy] extra (fastapi is missing)")
     from litellm.proxy.health_check import perform_health_check
 
     agent = make_agent()
@@ -631,7 +625,7 @@ def litellm_server(
         m for m in ("fastapi", "uvicorn", "litellm_proxy_extras") if importlib.util.find_spec(m) is None
     ]
     if missing or not exe.exists():
-        _unavailable(f"the LiteLLM proxy server needs litellm[proxy] (missing: {missing or [str(exe)]})")
+        unavailable(f"the LiteLLM proxy server needs litellm[proxy] (missing: {missing or [str(exe)]})")
 
     # Two missing agents: after a 404, LiteLLM's router cools the deployment down (429s for 5 s).
     agent, ghosts = make_agent(), (f"no-such-agent-{_marker()}", f"no-such-agent-{_marker()}")

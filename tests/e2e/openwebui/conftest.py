@@ -12,9 +12,10 @@ import pytest
 from letta_client.types import AgentState
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.e2e.conftest import API_KEY, REQUIRED
+from tests.e2e.conftest import API_KEY
 from tests.e2e.openwebui.openwebui import CHROMIUM, missing, running_openwebui
 from tests.proxy_process import running_proxy
+from tests.required import unavailable
 
 METRICS_KEY = "sk-openwebui-metrics-" + uuid.uuid4().hex
 
@@ -29,9 +30,7 @@ expect.set_options(timeout=WAIT_MS)
 def openwebui_installed() -> None:
     """Skips (or fails, if required) when Open WebUI or Chromium is absent."""
     if reason := missing():
-        if REQUIRED:
-            pytest.fail(f"PROXY_E2E_REQUIRED=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+        unavailable(reason)
 
 
 @pytest.fixture(scope="module")

@@ -40,6 +40,7 @@ class Responses:
     def __init__(self, runner: TurnRunner, letta: Letta, choice: AgentChoice, settings: Settings) -> None:
         self._runner = runner
         self._limits = Limits.of(settings)
+        self.stall_seconds = settings.proxy_stall_seconds  # for the answer's sender, as Chat's
         self._letta = letta
         self._choice = choice
         self._settings = settings
@@ -48,10 +49,6 @@ class Responses:
         # shown in the reasoning item, if there is one and PROXY_TOOL_CALLS says so.
         shown = settings.proxy_reasoning and settings.proxy_tool_calls == "reasoning"
         self._tool_calls: ToolCallMode = "reasoning" if shown else "drop"
-
-    @property
-    def stall_seconds(self) -> float:
-        return self._settings.proxy_stall_seconds
 
     async def create(
         self, client: Client, request: wire.ResponseRequest, headers: Mapping[str, str], watch: ClientWatch
